@@ -1,0 +1,5 @@
+"""``python -m moekit`` runs the ``moekit`` command."""
+
+from moekit.cli.main import main
+
+raise SystemExit(main())
