@@ -1,0 +1,39 @@
+"""Argument checks shared by the layers: each error names the parameter, the value and the fix."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+
+def check_positive_int(name: str, value: object, hint: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}={value!r} must be an int; pass a whole number such as {name}=8")
+    if value < 1:
+        raise ValueError(f"{name}={value} must be >= 1{'; ' + hint if hint else ''}")
+    return value
+
+
+def check_choice(name: str, value: object, allowed: Iterable[str]) -> str:
+    allowed = tuple(allowed)
+    if value not in allowed:
+        options = ", ".join(repr(a) for a in allowed)
+        raise ValueError(f"{name}={value!r} is not one of the supported values; use one of {options}")
+    return value  # type: ignore[return-value]
+
+
+def check_input(x: torch.Tensor, d_model: int, layer: str) -> None:
+    """Validate a layer input `(..., d_model)` of a floating dtype."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{layer} input x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{layer} input x has dtype {x.dtype}; it must be a floating dtype "
+            "(float32, bfloat16, float16 or float64): convert with x.float()"
+        )
+    if x.dim() == 0 or x.shape[-1] != d_model:
+        raise ValueError(
+            f"{layer} input x has shape {tuple(x.shape)}; its last dimension must be "
+            f"d_model={d_model}: reshape the input or build the layer with d_model={x.shape[-1] if x.dim() else '?'}"
+        )

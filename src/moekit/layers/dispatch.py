@@ -1,0 +1,128 @@
+"""Dispatch: from a :class:`~moekit.layers.routing.Routing` to expert outputs combined per token.
+
+Legend: T tokens, D model dim, E experts, K slots per token, S = T*K token-slots, R rows of the
+expert buffer (slots sorted by expert), C capacity (slots an expert takes at most).
+
+Steps: (1) :func:`capacity_keep` decides which slots survive the capacity limit; (2) a backend runs
+the experts on the kept slots and returns ``y_TD = sum_k w_TK * expert_{i_TK}(x_T)`` over kept
+slots. Dropped slots contribute zero (the residual around the layer carries the token).
+
+Backends (same signature ``(x_TD, indices_TK, weights_TK, keep_TK, experts) -> y_TD``):
+
+- ``loop``: one expert at a time, gathering its tokens and adding back with ``index_add_``. Short
+  and readable; a host sync per expert.
+- ``grouped_mm``: sorts slots by expert on the device (no host sync), runs all experts as grouped
+  matmuls over one buffer, and combines by gathering each token's K rows back (no atomics, so the
+  result is deterministic).
+
+Capacity: ``C = ceil(capacity_factor * T * K / E)``. With ``drop_policy="position"`` an expert
+keeps slots in GShard/Switch priority order: every token's first choice before any second choice,
+and within a choice rank earlier tokens first. With ``drop_policy="score"`` it keeps the slots
+with the largest combine weights (ties by position).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal, get_args
+
+import torch
+
+from moekit.kernels.grouped_mm import grouped_mm
+from moekit.layers.experts import GroupedExperts, ModuleExperts
+
+Backend = Literal["loop", "grouped_mm"]
+BACKEND_NAMES: tuple[str, ...] = get_args(Backend)
+DropPolicy = Literal["position", "score"]
+DROP_POLICIES: tuple[str, ...] = get_args(DropPolicy)
+Experts = GroupedExperts | ModuleExperts
+
+
+def capacity(num_tokens: int, top_k: int, num_experts: int, capacity_factor: float | None) -> int | None:
+    """Slots each expert may take: ``ceil(capacity_factor * T * K / E)``; None means dropless."""
+    if capacity_factor is None:
+        return None
+    return math.ceil(capacity_factor * num_tokens * top_k / num_experts)
+
+
+def _sort_by_expert(key_S: torch.Tensor) -> torch.Tensor:
+    return torch.argsort(key_S, stable=True)
+
+
+def capacity_keep(indices_TK: torch.Tensor, weights_TK: torch.Tensor, num_experts: int,
+                  cap: int | None, policy: DropPolicy = "position",
+                  keep_TK: torch.Tensor | None = None) -> torch.Tensor:
+    """Which token-slots survive: (T, K) bool. Slots already excluded by ``keep_TK`` stay out
+    and take no room. See the module docstring for the priority order."""
+    T, K = indices_TK.shape
+    valid_TK = torch.ones_like(indices_TK, dtype=torch.bool) if keep_TK is None else keep_TK
+    if cap is None:
+        return valid_TK
+    # Priority order P = K*T: slot (t, k) sits at p = k*T + t.
+    key_P = torch.where(valid_TK, indices_TK, num_experts).t().reshape(-1)
+    if policy == "score":
+        perm_P = torch.argsort(-weights_TK.t().reshape(-1).float(), stable=True)
+    else:
+        perm_P = torch.arange(T * K, device=indices_TK.device)
+    order_P = perm_P[_sort_by_expert(key_P[perm_P])]
+    key_sorted_P = key_P[order_P]
+    counts = torch.bincount(key_P, minlength=num_experts + 1)
+    starts = torch.cumsum(counts, 0) - counts
+    rank_P = torch.arange(T * K, device=indices_TK.device) - starts[key_sorted_P]
+    keep_sorted_P = (rank_P < cap) & (key_sorted_P < num_experts)
+    keep_P = torch.empty_like(keep_sorted_P).scatter_(0, order_P, keep_sorted_P)
+    return keep_P.view(K, T).t()
+
+
+def loop_backend(x_TD: torch.Tensor, indices_TK: torch.Tensor, weights_TK: torch.Tensor,
+                 keep_TK: torch.Tensor, experts: Experts) -> torch.Tensor:
+    """Reference dispatch: for each expert, gather its tokens, run it, add the weighted output."""
+    y_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
+    for e in range(experts.num_experts):
+        token_idx, slot_idx = torch.where((indices_TK == e) & keep_TK)
+        if token_idx.numel() == 0:
+            continue
+        out = experts.forward_expert(e, x_TD[token_idx])
+        y_TD.index_add_(0, token_idx, out.float() * weights_TK[token_idx, slot_idx, None])
+    return y_TD.to(x_TD.dtype)
+
+
+def grouped_backend(x_TD: torch.Tensor, indices_TK: torch.Tensor, weights_TK: torch.Tensor,
+                    keep_TK: torch.Tensor, experts: Experts, cap: int | None = None) -> torch.Tensor:
+    """Sorted dispatch + grouped matmuls + gather combine; no host sync, deterministic."""
+    if not isinstance(experts, GroupedExperts):
+        raise TypeError("backend='grouped_mm' needs GroupedExperts; ModuleExperts run with backend='loop'")
+    T, K = indices_TK.shape
+    E = experts.num_experts
+    S = T * K
+    # Rows in the buffer: every slot when dropless, else at most E*C (a static bound, no sync).
+    R = S if cap is None else min(S, E * cap)
+    key_S = torch.where(keep_TK, indices_TK, E).reshape(-1)
+    order_S = _sort_by_expert(key_S)
+    row_order_R = order_S[:R]
+    token_R = torch.div(row_order_R, K, rounding_mode="floor")
+    expert_R = key_S[row_order_R].clamp(max=E - 1)
+    counts_E = torch.bincount(key_S, minlength=E + 1)[:E]
+    offsets_E = torch.cumsum(counts_E, 0).to(torch.int32)
+    out_RD = experts.forward_grouped(x_TD[token_R], offsets_E, expert_R, grouped_mm)
+    # Combine: slot s sits at row rank_S[s]; gather each token's K rows (kept slots only).
+    rank_S = torch.empty_like(order_S).scatter_(0, order_S, torch.arange(S, device=x_TD.device))
+    row_TK = rank_S.view(T, K).clamp(max=max(R - 1, 0))
+    y_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
+    for k in range(K):
+        contrib_TD = out_RD[row_TK[:, k]].float() * weights_TK[:, k, None]
+        y_TD = y_TD + torch.where(keep_TK[:, k, None], contrib_TD, 0.0)
+    return y_TD.to(x_TD.dtype)
+
+
+BackendFn = Callable[..., torch.Tensor]
+
+
+def run_experts(x_TD: torch.Tensor, indices_TK: torch.Tensor, weights_TK: torch.Tensor,
+                keep_TK: torch.Tensor, experts: Experts, backend: Backend,
+                cap: int | None = None) -> torch.Tensor:
+    """Run ``experts`` on the kept slots with ``backend``; returns ``y_TD`` in ``x_TD``'s dtype."""
+    if backend == "loop":
+        return loop_backend(x_TD, indices_TK, weights_TK, keep_TK, experts)
+    return grouped_backend(x_TD, indices_TK, weights_TK, keep_TK, experts, cap)

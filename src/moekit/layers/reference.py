@@ -1,0 +1,53 @@
+"""The slow, obviously correct oracle: one token and one slot at a time (differentiable).
+
+Every fast path is tested against these functions on fresh random inputs. They share nothing
+with the dispatcher beyond the expert weights: capacity, sorting and combining are re-done here
+with plain Python loops, following the definitions in :mod:`moekit.layers.dispatch`.
+
+Legend: T tokens, D model dim, E experts, K slots per token.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from moekit.layers.experts import GroupedExperts, ModuleExperts
+
+
+def reference_keep(indices_TK: torch.Tensor, weights_TK: torch.Tensor, num_experts: int,
+                   capacity_factor: float | None, policy: str = "position") -> torch.Tensor:
+    """Capacity by definition: each expert keeps its first C slots in priority order."""
+    T, K = indices_TK.shape
+    keep = torch.ones(T, K, dtype=torch.bool)
+    if capacity_factor is None:
+        return keep
+    cap = math.ceil(capacity_factor * T * K / num_experts)
+    slots = [(k, t) for k in range(K) for t in range(T)]  # first choices first, then by token
+    if policy == "score":
+        slots.sort(key=lambda kt: -float(weights_TK[kt[1], kt[0]]))  # stable: ties keep position
+    taken = [0] * num_experts
+    for k, t in slots:
+        e = int(indices_TK[t, k])
+        keep[t, k] = taken[e] < cap
+        taken[e] += 1
+    return keep
+
+
+def reference_combine(x_TD: torch.Tensor, indices_TK: torch.Tensor, weights_TK: torch.Tensor,
+                      keep_TK: torch.Tensor, experts: GroupedExperts | ModuleExperts) -> torch.Tensor:
+    """``y_t = sum over kept slots k of w_tk * expert_{i_tk}(x_t)``, token by token."""
+    T, K = indices_TK.shape
+    rows = []
+    for t in range(T):
+        y = torch.zeros(x_TD.shape[-1], dtype=torch.float32 if x_TD.dtype != torch.float64
+                        else torch.float64, device=x_TD.device)
+        for k in range(K):
+            if bool(keep_TK[t, k]):
+                out = experts.forward_expert(int(indices_TK[t, k]), x_TD[t : t + 1])[0]
+                y = y + weights_TK[t, k].to(y.dtype) * out.to(y.dtype)
+        rows.append(y)
+    if not rows:
+        return x_TD.new_zeros(x_TD.shape)
+    return torch.stack(rows).to(x_TD.dtype)
