@@ -160,16 +160,13 @@ class _Encoder:
                     f"{where}.{name} is a {type(value).__name__}; pass an int seed (or None) "
                     "instead to save the model"
                 )
+        encoded_params = {n: self.encode(v, f"{where}.{n}") for n, v in params.items()}
         attributes = {
             name: self.encode(value, f"{where}.{name}")
             for name, value in sorted(vars(est).items())
             if name.endswith("_") and not name.startswith("_")
         }
-        return {
-            "class": key,
-            "params": {n: self.encode(v, f"{where}.{n}") for n, v in params.items()},
-            "attributes": attributes,
-        }
+        return {"class": key, "params": encoded_params, "attributes": attributes}
 
 
 class _Decoder:
