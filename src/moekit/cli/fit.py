@@ -15,7 +15,9 @@ Example:
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+import warnings
 from typing import Any
 
 from moekit.cli.errors import CLIError
@@ -46,11 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "poisson (counts), student_t (robust to outliers)")
     parser.add_argument("--classifier", action="store_true",
                         help="the target holds class labels: fit a classifier (logistic experts)")
-    parser.add_argument("--n-init", type=_positive_int, default=None, metavar="N",
-                        help="number of EM restarts; the best log-likelihood is kept "
-                             "(default: the estimator's)")
+    parser.add_argument("--n-init", type=_positive_int, default=3, metavar="N",
+                        help="number of EM restarts, each from its own k-means start; the best "
+                             "log-likelihood is kept (default: 3)")
     parser.add_argument("--max-iter", type=_positive_int, default=None, metavar="N",
-                        help="most EM iterations per restart (default: the estimator's)")
+                        help="most EM iterations per restart (default: the estimator's, 200)")
     parser.add_argument("--seed", type=int, default=0, metavar="S",
                         help="random seed for the initialisation (default: 0)")
     parser.add_argument("--drop", action="append", default=[], metavar="COLUMN",
@@ -66,9 +68,9 @@ def build_estimator(args: argparse.Namespace) -> Any:
     """The estimator described by the command-line flags (unfitted)."""
     from moekit.estimators import MixtureOfExpertsClassifier, MixtureOfExpertsRegressor
 
-    kwargs: dict[str, Any] = {"n_experts": args.experts, "random_state": args.seed}
-    if args.n_init is not None:
-        kwargs["n_init"] = args.n_init
+    kwargs: dict[str, Any] = {
+        "n_experts": args.experts, "n_init": args.n_init, "random_state": args.seed,
+    }
     if args.max_iter is not None:
         kwargs["max_iter"] = args.max_iter
     if args.classifier:
@@ -111,14 +113,16 @@ def run(args: argparse.Namespace) -> int:
           f"of {args.csv!r}, target {args.target!r}")
     start = time.perf_counter()
     try:
-        estimator.fit(X, y)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            estimator.fit(X, y)
     except ValueError as err:
         raise CLIError(f"fitting failed: {err}") from None
+    for warning in caught:  # shown as one line each, without the source line
+        print(f"moekit fit: warning: {warning.message}", file=sys.stderr)
     seconds = time.perf_counter() - start
 
-    summary = estimator.summary(feature_names=table.feature_names) if _takes_names(estimator) \
-        else estimator.summary()
-    print(summary if isinstance(summary, str) else str(summary))
+    print(estimator.summary(feature_names=table.feature_names))
     loglik = float(estimator.log_likelihood(X, y))
     print(f"log-likelihood: {loglik:.6g}  ({loglik / len(y):.6g} per row)")
     print(f"BIC: {float(estimator.bic(X, y)):.6g}   AIC: {float(estimator.aic(X, y)):.6g}")
@@ -136,11 +140,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"saved model to {path}")
     return 0
 
-
-def _takes_names(estimator: Any) -> bool:
-    import inspect
-
-    try:
-        return "feature_names" in inspect.signature(estimator.summary).parameters
-    except (TypeError, ValueError):
-        return False
