@@ -1,0 +1,383 @@
+"""The training loop: defaults -> setup -> (resume) -> loop -> final checkpoint and results.
+
+One function, :func:`train`, trains any model that maps inputs to logits with cross-entropy
+targets (a language model's ``(B, N, V)`` logits and ``(B, N)`` targets, or a classifier's
+``(B, C)`` and ``(B,)``). The loss is the task loss plus ``moekit.layers.total_aux_loss(model)``;
+routers with an aux-loss-free bias (``sigmoid_bias``) update it themselves in training-mode
+forwards, and evaluation runs under ``model.eval()`` and ``torch.no_grad()`` so it never does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from moekit.layers import total_aux_loss
+from moekit.models.params import count_parameters
+from moekit.train.batches import BatchSource
+from moekit.train.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from moekit.train.config import TrainConfig
+from moekit.train.metrics import MetricsWriter, Progress, balance, expert_load, truncate_metrics
+from moekit.train.optim import build_optimizer, build_scheduler
+
+
+@dataclass(frozen=True)
+class StepEnd:
+    """What a callback sees after each optimiser step."""
+
+    step: int
+    """Steps completed (1 after the first step)."""
+    loss: float
+    """Task loss of this step."""
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The outcome of :func:`train`.
+
+    Attributes
+    ----------
+    model_name : str
+    step : int
+        Steps completed in total (including those before a resume).
+    train_losses : list of float
+        Task loss of every step run by this call.
+    final_val_loss : float or None
+        Validation loss at the end (None without validation data).
+    output_dir : Path
+    checkpoint : Path or None
+        The last checkpoint written.
+    elapsed_s : float
+        Wall time of this call.
+    """
+
+    model_name: str
+    step: int
+    train_losses: list[float]
+    final_val_loss: float | None
+    output_dir: Path
+    checkpoint: Path | None
+    elapsed_s: float
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global RNGs (call before building the model)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but torch sees no CUDA GPU; use device='cpu' or 'auto'")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device={name!r} is not one of 'auto', 'cpu', 'cuda'")
+    return torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device``; None means plain fp32."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return None
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ValueError("precision='fp16' needs a CUDA device (loss scaling); use "
+                             "precision='bf16' or 'fp32' on CPU")
+        return torch.float16
+    raise ValueError(f"precision={precision!r} is not one of 'auto', 'fp32', 'bf16', 'fp16'")
+
+
+def task_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``(..., C)`` logits against ``(...)`` integer targets, in fp32."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: BatchSource, *, batches: int, device: torch.device,
+             autocast_dtype: torch.dtype | None = None) -> tuple[float, list[float]]:
+    """Mean task loss over ``data.batch(0 .. batches-1)`` in eval mode, and the mean expert load.
+
+    The model is put in eval mode (no router noise, no balancing-bias update, no dropout) and
+    returned to the mode it was in.
+    """
+    was_training = model.training
+    model.eval()
+    losses, loads = [], []
+    try:
+        for i in range(batches):
+            x, y = (t.to(device) for t in data.batch(i))
+            with _autocast(device, autocast_dtype):
+                logits = model(x)
+            losses.append(task_loss(logits, y).item())
+            load = expert_load(model)
+            if load is not None:
+                loads.append(load)
+    finally:
+        model.train(was_training)
+    mean_load = torch.stack(loads).mean(0).tolist() if loads else []
+    return sum(losses) / len(losses), mean_load
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class _InterruptFlag:
+    """Turn the first Ctrl-C into a flag checked between steps, so a checkpoint is consistent.
+
+    A second Ctrl-C raises at once (without saving). Only installed in the main thread.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> _InterruptFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def train(
+    model: nn.Module,
+    train_data: BatchSource,
+    config: TrainConfig,
+    *,
+    val_data: BatchSource | None = None,
+    resume: bool = False,
+    model_name: str = "model",
+    run_config: dict[str, Any] | None = None,
+    callbacks: Sequence[Callable[[StepEnd], None]] = (),
+    progress: IO[str] | None = None,
+    resume_hint: str | None = None,
+) -> TrainResult:
+    """Train ``model`` for ``config.steps`` steps, writing metrics and checkpoints.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Maps ``inputs`` to logits; moved to the configured device.
+    train_data, val_data : BatchSource
+        ``batch(i) -> (inputs, targets)``; step ``s`` trains on ``train_data.batch(s)``.
+    config : TrainConfig
+    resume : bool
+        Continue from the latest checkpoint in ``config.output_dir`` (error if there is none).
+        The result is identical to an uninterrupted run on CPU.
+    model_name : str
+        Written in every metrics line (``"moe"``, ``"dense"``...).
+    run_config : dict, optional
+        JSON-serialisable description of the model and data, stored in ``config.json`` and in
+        checkpoints.
+    callbacks : sequence of callables
+        Called with a :class:`StepEnd` after every step. Raising ``KeyboardInterrupt`` from one
+        behaves like Ctrl-C.
+    progress : text stream, optional
+        Where the progress line goes (default ``sys.stderr``).
+    resume_hint : str, optional
+        The command that resumes this run, printed after Ctrl-C.
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    KeyboardInterrupt
+        After Ctrl-C: a checkpoint of the last completed step has been saved first.
+    FileExistsError
+        ``output_dir`` already holds a run and ``resume`` is False.
+    """
+    started = time.perf_counter()
+    out = Path(config.output_dir)
+    ckpt_root = out / "checkpoints"
+    metrics_path = out / "metrics.jsonl"
+    device = resolve_device(config.device)
+    autocast_dtype = resolve_precision(config.precision, device)
+
+    if not resume and (list_checkpoints(ckpt_root) or metrics_path.exists()):
+        raise FileExistsError(f"{out} already holds a run (metrics.jsonl or checkpoints/); resume it "
+                              "(resume=True, `moekit train --resume`) or pick another output folder")
+    seed_everything(config.seed)
+    model.to(device)
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config)
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
+    saved_config = {"model_name": model_name, "train": dataclasses.asdict(config),
+                    **(run_config or {})}
+
+    start_step = 0
+    last_checkpoint: Path | None = None
+    if resume:
+        found = latest_checkpoint(ckpt_root)
+        if found is None:
+            raise FileNotFoundError(f"nothing to resume: no checkpoint in {ckpt_root}; start the run "
+                                    "without resume (drop --resume)")
+        state = load_checkpoint(found, model=model, optimizer=optimizer, scheduler=scheduler,
+                                scaler=scaler)
+        start_step, last_checkpoint = state.step, found
+        truncate_metrics(metrics_path, start_step)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(saved_config, indent=1) + "\n", encoding="utf-8")
+
+    writer = MetricsWriter(metrics_path)
+    display = Progress(config.steps, log_every=config.log_every, stream=progress,
+                       prefix=f"[{model_name}] " if model_name != "model" else "")
+    if resume:
+        display.message(f"resumed from {last_checkpoint} at step {start_step}")
+
+    def checkpoint(step: int) -> Path:
+        return save_checkpoint(ckpt_root, step=step, model=model, optimizer=optimizer,
+                               scheduler=scheduler, scaler=scaler, config=saved_config,
+                               extra={"model_name": model_name}, keep=config.keep_checkpoints)
+
+    def run_eval(step: int) -> float | None:
+        if val_data is None:
+            return None
+        loss, load = evaluate(model, val_data, batches=config.eval_batches, device=device,
+                              autocast_dtype=autocast_dtype)
+        writer.write({"step": step, "split": "val", "loss": loss, "lr": scheduler.get_last_lr()[0],
+                      "tokens_per_s": None, "expert_load": load, "model": model_name,
+                      "balance": balance(load), "time_s": time.perf_counter() - started})
+        display.message(f"step {step}: val loss {loss:.4f}")
+        return loss
+
+    losses: list[float] = []
+    val_loss: float | None = None
+    step = start_step  # steps completed
+    saved_step = start_step if resume else -1
+    in_step = False
+    window_loss, window_aux, window_items, window_steps = 0.0, 0.0, 0, 0
+    window_load: torch.Tensor | None = None
+    window_start = time.perf_counter()
+    model.train()
+    try:
+        with _InterruptFlag() as interrupt:
+            while step < config.steps:
+                in_step = True
+                x, y = (t.to(device, non_blocking=True) for t in train_data.batch(step))
+                with _autocast(device, autocast_dtype):
+                    logits = model(x)
+                loss = task_loss(logits, y)
+                aux = total_aux_loss(model)
+                scaler.scale(loss + aux).backward()
+                if config.grad_clip is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                lr = float(scheduler.get_last_lr()[0])
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                in_step = False
+
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"loss became {loss_value} at step {step}; lower lr "
+                                             f"(now {config.lr}) or enable grad_clip")
+                losses.append(loss_value)
+                load = expert_load(model)
+                window_loss += loss_value
+                window_aux += float(aux.detach())
+                window_items += y.numel()
+                window_steps += 1
+                if load is not None:
+                    window_load = load if window_load is None else window_load + load
+                if step % config.log_every == 0 or step == config.steps or step == start_step + 1:
+                    elapsed = max(time.perf_counter() - window_start, 1e-9)
+                    mean_load = (window_load / window_steps).tolist() if window_load is not None else []
+                    mean_loss, rate = window_loss / window_steps, window_items / elapsed
+                    writer.write({"step": step, "split": "train", "loss": mean_loss, "lr": lr,
+                                  "tokens_per_s": rate, "expert_load": mean_load,
+                                  "model": model_name, "aux_loss": window_aux / window_steps,
+                                  "balance": balance(mean_load),
+                                  "time_s": time.perf_counter() - started})
+                    display.step(step, loss=mean_loss, lr=lr, tokens_per_s=rate,
+                                 balance=balance(mean_load))
+                    window_loss, window_aux, window_items, window_steps = 0.0, 0.0, 0, 0
+                    window_load, window_start = None, time.perf_counter()
+                if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
+                    val_loss = run_eval(step)
+                if (config.checkpoint_every and step % config.checkpoint_every == 0) \
+                        or step == config.steps:
+                    last_checkpoint, saved_step = checkpoint(step), step
+                for callback in callbacks:
+                    callback(StepEnd(step=step, loss=loss_value, model=model, optimizer=optimizer))
+                if interrupt.requested:
+                    raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        display.close()
+        if in_step:
+            where = f"the last checkpoint ({last_checkpoint})" if last_checkpoint else "no checkpoint"
+            print(f"\ninterrupted in the middle of step {step + 1}; {where} is kept",
+                  file=sys.stderr)
+        elif step > 0:
+            if saved_step != step:
+                last_checkpoint = checkpoint(step)
+            print(f"\ninterrupted after step {step}/{config.steps}; checkpoint saved to "
+                  f"{last_checkpoint}", file=sys.stderr)
+        if last_checkpoint is not None:
+            print(f"resume with: {resume_hint or 'train(..., resume=True) with the same config'}",
+                  file=sys.stderr)
+        raise
+    finally:
+        writer.close()
+        display.close()
+
+    elapsed = time.perf_counter() - started
+    total, active = count_parameters(model)
+    tail = losses[-max(1, config.log_every):]
+    results = {"model": model_name, "steps": step,
+               "final_train_loss": sum(tail) / len(tail) if tail else None,
+               "final_val_loss": val_loss, "parameters_total": total, "parameters_active": active,
+               "elapsed_s": elapsed, "device": device.type,
+               "precision": str(autocast_dtype).removeprefix("torch.") if autocast_dtype else "fp32"}
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    result = TrainResult(model_name=model_name, step=step, train_losses=losses,
+                         final_val_loss=val_loss, output_dir=out, checkpoint=last_checkpoint,
+                         elapsed_s=elapsed)
+    return result
