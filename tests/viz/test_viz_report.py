@@ -1,0 +1,133 @@
+"""Reports: HTML self-contained with embedded images and tables, Markdown referencing files,
+robust to missing pieces, clear errors, atomic writes."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from moekit.viz import _io
+from moekit.viz.report import (
+    RunFolderError,
+    Section,
+    Table,
+    build_report_from_run,
+    write_report,
+)
+from moekit.viz.training import plot_expert_load
+
+PNG_B64 = base64.b64encode(b"\x89PNG\r\n\x1a\n").decode()[:10]  # prefix of any PNG in base64
+
+
+def fabricate_run(root: Path, *, crash_line: bool = True) -> Path:
+    """A run folder as a training run leaves it: moe/ and dense/ sub-runs, config, results."""
+    for name, scale in (("moe", 1.0), ("dense", 1.1)):
+        sub = root / name
+        sub.mkdir(parents=True)
+        with open(sub / "metrics.jsonl", "w") as fh:
+            for s in range(0, 100, 10):
+                rec: dict = {"step": s, "loss": scale * 3 / (1 + s / 20), "lr": 1e-3,
+                             "tokens_per_s": 1000.0 + s}
+                if name == "moe":
+                    rec["expert_load"] = [0.4 - s / 1000, 0.2, 0.2, 0.2 + s / 1000]
+                print(json.dumps(rec), file=fh)
+                if s % 30 == 0:
+                    print(json.dumps({"step": s, "split": "val", "loss": scale * 3.2 / (1 + s / 20)}),
+                          file=fh)
+            if crash_line:
+                fh.write('{"step": 100, "lo')  # a crash mid-write
+        (sub / "config.json").write_text(json.dumps({"model": {"experts": 4}, "name": name}))
+    (root / "results.json").write_text(json.dumps(
+        [{"model": "moe", "val_loss": 1.2345678, "params": 1000},
+         {"model": "dense", "val_loss": 1.4, "params": 800}]))
+    plot_expert_load([[1.0, 2.0], [2.0, 1.0]], root / "routing_extra.png")
+    return root
+
+
+def test_report_from_fabricated_run(tmp_path: Path) -> None:
+    run = fabricate_run(tmp_path / "run")
+    paths = build_report_from_run(run)
+    assert [p.name for p in paths] == ["report.html", "report.md"]
+    html = paths[0].read_text()
+    md = paths[1].read_text()
+    # tables: the summary per model, the results, the configuration
+    assert "<table>" in html and "Training summary per model" in html
+    assert "<td>moe</td>" in html and "<td>dense</td>" in html
+    assert "1.235" in html  # floats to 4 significant digits
+    assert "model.experts" in html  # config flattened
+    # images are embedded, none referenced by path
+    assert html.count(f'src="data:image/png;base64,{PNG_B64}') >= 4
+    assert 'src="report_plots' not in html
+    for png in ("loss.png", "tokens_per_s.png", "expert_load_moe.png"):
+        assert (run / "report_plots" / png).is_file()
+        assert f"(report_plots/{png})" in md
+    assert "(routing_extra.png)" in md
+    assert "| moe |" in md
+    # the line cut off by a crash is skipped and reported, not fatal
+    assert "skipped 1 line(s)" in md
+
+
+def test_report_of_sparse_run_notes_what_is_missing(tmp_path: Path) -> None:
+    (tmp_path / "metrics.jsonl").write_text(
+        "\n".join(json.dumps({"step": s, "loss": 1.0 / (s + 1)}) for s in range(5)))
+    paths = build_report_from_run(tmp_path, fmt="md")
+    md = paths[0].read_text()
+    assert paths[0].name == "report.md" and not (tmp_path / "report.html").exists()
+    assert "no results.json" in md and "no config.json" in md
+    assert "no validation records" in md
+    assert "Expert load" not in md
+
+
+def test_missing_or_empty_folder_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_report_from_run(tmp_path / "nope")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        build_report_from_run(tmp_path / "file.txt")
+    with pytest.raises(RunFolderError, match="no metrics in"):
+        build_report_from_run(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text("not json\n")
+    with pytest.raises(RunFolderError, match="metrics.jsonl"):
+        build_report_from_run(tmp_path)
+
+
+def test_write_report_output_and_escaping(tmp_path: Path) -> None:
+    sec = Section(title="A <b> & c", text="x < y\n\nsecond", tables=[
+        Table(rows=[{"a|b": 1.0, "c": [1, 2]}], caption="caps")], notes=["note 1"])
+    out = tmp_path / "out"
+    out.mkdir()
+    paths = write_report(tmp_path, "T", [sec], output=out / "r.txt", fmt="both")
+    assert [p.name for p in paths] == ["r.html", "r.md"]
+    html = paths[0].read_text()
+    assert "A &lt;b&gt; &amp; c" in html and "<p>x &lt; y</p>" in html
+    assert "a\\|b" in paths[1].read_text()
+    with pytest.raises(ValueError, match="fmt='pdf'"):
+        write_report(tmp_path, "T", [sec], fmt="pdf")  # type: ignore[arg-type]
+    with pytest.raises(FileNotFoundError, match="image .*gone.png"):
+        write_report(tmp_path, "T", [Section(title="s", images=["gone.png"])])
+
+
+def test_failed_report_write_keeps_previous(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = fabricate_run(tmp_path / "run", crash_line=False)
+    (html,) = build_report_from_run(run, fmt="html")
+    before = html.read_bytes()
+
+    real_open = _io.atomic_open
+
+    def half_write(path):  # plots are written as usual; the HTML is half written, then fails
+        if Path(path).suffix != ".html":
+            return real_open(path)
+        cm = real_open(path)
+        fh = cm.__enter__()
+        fh.write(b"<html>trunc")
+        cm.__exit__(OSError, OSError("disk full"), None)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(_io, "atomic_open", half_write)
+    with pytest.raises(OSError, match="disk full"):
+        build_report_from_run(run, fmt="html")
+    assert html.read_bytes() == before
+    assert not list(run.glob(".*.tmp"))
