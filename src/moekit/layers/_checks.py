@@ -37,3 +37,8 @@ def check_input(x: torch.Tensor, d_model: int, layer: str) -> None:
             f"{layer} input x has shape {tuple(x.shape)}; its last dimension must be "
             f"d_model={d_model}: reshape the input or build the layer with d_model={x.shape[-1] if x.dim() else '?'}"
         )
+
+
+def router_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Precision of router maths and of the combine: float32, or float64 for float64 inputs."""
+    return torch.float64 if dtype == torch.float64 else torch.float32

@@ -30,6 +30,7 @@ from typing import Literal, get_args
 import torch
 
 from moekit.kernels.grouped_mm import grouped_mm
+from moekit.layers._checks import router_dtype
 from moekit.layers.experts import GroupedExperts, ModuleExperts
 
 Backend = Literal["loop", "grouped_mm"]
@@ -78,13 +79,15 @@ def capacity_keep(indices_TK: torch.Tensor, weights_TK: torch.Tensor, num_expert
 def loop_backend(x_TD: torch.Tensor, indices_TK: torch.Tensor, weights_TK: torch.Tensor,
                  keep_TK: torch.Tensor, experts: Experts) -> torch.Tensor:
     """Reference dispatch: for each expert, gather its tokens, run it, add the weighted output."""
-    y_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
+    # An empty slice of x keeps y in the autograd graph even when no slot reaches an expert.
+    acc = router_dtype(x_TD.dtype)
+    y_TD = torch.zeros(x_TD.shape, dtype=acc, device=x_TD.device) + x_TD[:0].sum()
     for e in range(experts.num_experts):
         token_idx, slot_idx = torch.where((indices_TK == e) & keep_TK)
         if token_idx.numel() == 0:
             continue
         out = experts.forward_expert(e, x_TD[token_idx])
-        y_TD.index_add_(0, token_idx, out.float() * weights_TK[token_idx, slot_idx, None])
+        y_TD = y_TD.index_add(0, token_idx, out.to(acc) * weights_TK[token_idx, slot_idx, None].to(acc))
     return y_TD.to(x_TD.dtype)
 
 
@@ -109,9 +112,10 @@ def grouped_backend(x_TD: torch.Tensor, indices_TK: torch.Tensor, weights_TK: to
     # Combine: slot s sits at row rank_S[s]; gather each token's K rows (kept slots only).
     rank_S = torch.empty_like(order_S).scatter_(0, order_S, torch.arange(S, device=x_TD.device))
     row_TK = rank_S.view(T, K).clamp(max=max(R - 1, 0))
-    y_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
+    acc = router_dtype(x_TD.dtype)
+    y_TD = torch.zeros(x_TD.shape, dtype=acc, device=x_TD.device)
     for k in range(K):
-        contrib_TD = out_RD[row_TK[:, k]].float() * weights_TK[:, k, None]
+        contrib_TD = out_RD[row_TK[:, k]].to(acc) * weights_TK[:, k, None].to(acc)
         y_TD = y_TD + torch.where(keep_TK[:, k, None], contrib_TD, 0.0)
     return y_TD.to(x_TD.dtype)
 

@@ -10,10 +10,14 @@ Legend: T tokens, D model dim, E experts, K slots per token.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
 from moekit.layers.experts import GroupedExperts, ModuleExperts
+
+if TYPE_CHECKING:
+    from moekit.layers.moe import MoELayer
 
 
 def reference_keep(indices_TK: torch.Tensor, weights_TK: torch.Tensor, num_experts: int,
@@ -26,7 +30,7 @@ def reference_keep(indices_TK: torch.Tensor, weights_TK: torch.Tensor, num_exper
     cap = math.ceil(capacity_factor * T * K / num_experts)
     slots = [(k, t) for k in range(K) for t in range(T)]  # first choices first, then by token
     if policy == "score":
-        slots.sort(key=lambda kt: -float(weights_TK[kt[1], kt[0]]))  # stable: ties keep position
+        slots.sort(key=lambda kt: -float(weights_TK[kt[1], kt[0]].detach()))  # stable: ties keep position
     taken = [0] * num_experts
     for k, t in slots:
         e = int(indices_TK[t, k])
@@ -49,5 +53,23 @@ def reference_combine(x_TD: torch.Tensor, indices_TK: torch.Tensor, weights_TK: 
                 y = y + weights_TK[t, k].to(y.dtype) * out.to(y.dtype)
         rows.append(y)
     if not rows:
-        return x_TD.new_zeros(x_TD.shape)
+        return x_TD * 0  # empty, but still part of the autograd graph
     return torch.stack(rows).to(x_TD.dtype)
+
+
+def reference_moe_forward(moe: MoELayer, x: torch.Tensor) -> torch.Tensor:
+    """A whole :class:`~moekit.layers.MoELayer` forward re-done by the oracle (same router)."""
+    x_TD = x.reshape(-1, moe.d_model)
+    routing = moe.router(x_TD)
+    if routing.keep_TK is not None:
+        keep_TK = routing.keep_TK
+    else:
+        keep_TK = reference_keep(routing.indices_TK, routing.weights_TK, moe.num_experts,
+                                 moe.capacity_factor, moe.drop_policy)
+    y_TD = reference_combine(x_TD, routing.indices_TK, routing.weights_TK, keep_TK, moe.experts)
+    if moe.shared_experts is not None:
+        shared_TD = moe.shared_experts(x_TD)
+        if moe.shared_gate is not None:
+            shared_TD = torch.sigmoid(moe.shared_gate(x_TD)) * shared_TD
+        y_TD = y_TD + shared_TD
+    return y_TD.view(x.shape)

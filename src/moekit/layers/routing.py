@@ -3,7 +3,7 @@
 Legend: T tokens, D model dim, E experts, K experts per token (for ``expert_choice`` K = E and
 ``keep_TK`` marks the (token, expert) pairs each expert picked).
 
-All router maths runs in float32 whatever the input dtype. A router never touches expert weights;
+All router maths runs in float32 whatever the input dtype (float64 inputs stay float64). A router never touches expert weights;
 it returns a :class:`Routing` record that the dispatcher consumes and the losses read.
 
 ================  ==========================================  =============================================
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moekit.layers import losses
-from moekit.layers._checks import check_choice, check_positive_int
+from moekit.layers._checks import check_choice, check_positive_int, router_dtype
 
 RouterKind = Literal["topk", "switch", "noisy_topk", "sigmoid_bias", "expert_choice"]
 ROUTERS: tuple[str, ...] = get_args(RouterKind)
@@ -153,7 +153,8 @@ class Router(nn.Module):
 
     def forward(self, x_TD: torch.Tensor) -> Routing:
         cfg = self.config
-        logits_TE = F.linear(x_TD.float(), self.weight.float())
+        dt = router_dtype(x_TD.dtype)
+        logits_TE = F.linear(x_TD.to(dt), self.weight.to(dt))
         if cfg.kind in ("topk", "switch"):
             return self._softmax_topk(logits_TE)
         if cfg.kind == "noisy_topk":
@@ -175,7 +176,7 @@ class Router(nn.Module):
         if not self.training:
             top_TK, indices_TK = logits_TE.topk(k, dim=-1)
             return Routing(indices_TK, top_TK.softmax(dim=-1), logits_TE, probs_TE)
-        std_TE = F.softplus(F.linear(x_TD.float(), self.noise_weight.float())) + self.config.noise_eps
+        std_TE = F.softplus(F.linear(x_TD.to(logits_TE.dtype), self.noise_weight.to(logits_TE.dtype))) + self.config.noise_eps
         noisy_TE = logits_TE + torch.randn_like(logits_TE) * std_TE
         m = min(k + 1, E)
         top_TM, indices_TM = noisy_TE.topk(m, dim=-1)
@@ -196,7 +197,7 @@ class Router(nn.Module):
     def _sigmoid_bias(self, logits_TE: torch.Tensor) -> Routing:
         cfg = self.config
         scores_TE = logits_TE.sigmoid()
-        choice_TE = scores_TE + self.expert_bias
+        choice_TE = scores_TE + self.expert_bias.to(scores_TE.dtype)
         if cfg.n_group is not None and cfg.topk_group is not None and cfg.n_group > 1:
             T, E = choice_TE.shape
             per_group = E // cfg.n_group
@@ -246,7 +247,7 @@ class Router(nn.Module):
             return routing.logits_TE.new_zeros(())
         if kind == "noisy_topk":
             T, E = routing.probs_TE.shape
-            gates_TE = torch.zeros(T, E, device=routing.probs_TE.device).scatter(
+            gates_TE = routing.probs_TE.new_zeros(T, E).scatter(
                 1, routing.indices_TK, routing.weights_TK)
             load_E = routing.load_E
             if load_E is None:

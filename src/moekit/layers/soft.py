@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moekit.layers._checks import check_input, check_positive_int
+from moekit.layers._checks import check_input, check_positive_int, router_dtype
 from moekit.layers.experts import Activation, GroupedExperts
 
 
@@ -59,16 +59,17 @@ class SoftMoE(nn.Module):
         B, N, D = x_BND.shape
         E, P = self.num_experts, self.slots_per_expert
         phi_DS: torch.Tensor = self.phi
-        xf = x_BND.float()
+        dt = router_dtype(x_BND.dtype)
+        xf = x_BND.to(dt)
         if self.scale is not None:
             xf = F.normalize(xf, dim=-1)
-            phi_DS = self.scale * F.normalize(phi_DS.float(), dim=0)
-        logits_BNS = xf @ phi_DS.float()
+            phi_DS = self.scale * F.normalize(phi_DS.to(dt), dim=0)
+        logits_BNS = xf @ phi_DS.to(dt)
         dispatch_BNS = logits_BNS.softmax(dim=1)
         combine_BNS = logits_BNS.softmax(dim=2)
-        slots_BSD = torch.einsum("bns,bnd->bsd", dispatch_BNS, x_BND.float()).to(x_BND.dtype)
+        slots_BSD = torch.einsum("bns,bnd->bsd", dispatch_BNS, x_BND.to(dt)).to(x_BND.dtype)
         x_ERD = slots_BSD.view(B, E, P, D).permute(1, 0, 2, 3).reshape(E, B * P, D)
         out_ERD = self.experts.forward_batched(x_ERD)
         out_BSD = out_ERD.view(E, B, P, D).permute(1, 0, 2, 3).reshape(B, E * P, D)
-        y_BND = torch.einsum("bns,bsd->bnd", combine_BNS, out_BSD.float())
+        y_BND = torch.einsum("bns,bsd->bnd", combine_BNS, out_BSD.to(dt))
         return y_BND.to(x_BND.dtype)
