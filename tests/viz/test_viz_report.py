@@ -81,6 +81,18 @@ def test_report_of_sparse_run_notes_what_is_missing(tmp_path: Path) -> None:
     assert "Expert load" not in md
 
 
+def test_results_keyed_by_model_and_dense_without_load(tmp_path: Path) -> None:
+    # the layout moekit's own trainer writes: a dense model logs expert_load as []
+    (tmp_path / "metrics.jsonl").write_text("\n".join(
+        json.dumps({"step": s, "loss": 1.0, "expert_load": [], "model": "dense"})
+        for s in range(3)))
+    (tmp_path / "results.json").write_text(json.dumps(
+        {"moe": {"val_loss": 1.0}, "dense": {"val_loss": 1.1}}))
+    md = build_report_from_run(tmp_path, fmt="md")[0].read_text()
+    assert "| name | val_loss |" in md and "| dense | 1.1 |" in md
+    assert "malformed" not in md and "Expert load" not in md
+
+
 def test_missing_or_empty_folder_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         build_report_from_run(tmp_path / "nope")

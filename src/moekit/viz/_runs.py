@@ -74,6 +74,9 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _results_rows(data: Any, path: Path, notes: list[str]) -> list[dict[str, Any]] | None:
+    if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
+        # {"moe": {...}, "dense": {...}}: one row per entry, named by its key
+        return [{"name": k, **flatten(v)} for k, v in data.items()]
     if isinstance(data, dict):
         return [flatten(data)]
     if isinstance(data, list) and all(isinstance(r, dict) for r in data):

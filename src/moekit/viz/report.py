@@ -11,7 +11,9 @@ What :func:`build_report_from_run` reads; every piece is optional except that at
     RUN_DIR/
       metrics.jsonl      one JSON object per line (below), appended as training goes
       config.json        a JSON object, shown flattened (``optim.lr``) as a key/value table
-      results.json       a JSON object (one row) or a list of objects (one row each): a table
+      results.json       a JSON object (one row), a list of objects (one row each), or an
+                         object of objects ({"moe": {...}, "dense": {...}}: one row each,
+                         the key in a "name" column); nested objects become dotted columns
       *.png              plots the run made itself, embedded as they are
       NAME/              sub-runs (e.g. ``moe/`` and ``dense/``) with the same layout; any
                          sub-folder holding a metrics.jsonl is one
@@ -235,7 +237,7 @@ def _plot_sections(hist: dict[str, list[dict[str, Any]]], plots: Path,
     for model, records in hist.items():
         loads, steps = _load_matrix(records)
         if loads is None:
-            if any("expert_load" in r for r in records):
+            if any(r.get("expert_load") for r in records):  # null or [] means no experts
                 notes.append(f"{model}: expert_load lists are malformed or change length; "
                              "no load plot")
             continue
@@ -309,7 +311,9 @@ def build_report_from_run(
 
     summary = Table(rows=_summary_rows(hist), caption="Training summary per model")
     tables = [summary]
-    for run in runs:
+    # the top folder's results.json usually summarises its sub-runs; show theirs only without it
+    shown = runs[:1] if runs[0].results else runs
+    for run in shown:
         if run.results:
             tables.append(Table(rows=run.results, caption=f"Results ({run.name})"))
     if not any(run.results for run in runs):
