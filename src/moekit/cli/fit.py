@@ -59,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ignore this column (an id, text, uncoded categories); repeatable")
     parser.add_argument("--dropna", action="store_true",
                         help="drop rows with a missing value instead of stopping with an error")
+    parser.add_argument("--se", action="store_true",
+                        help="compute standard errors even on large data, where the estimator "
+                             "skips them at fit time (costs about 2 x n_parameters passes over "
+                             "the data)")
     parser.add_argument("--output", "-o", required=True, metavar="MODEL",
                         help="where to save the fitted model (e.g. model.moekit); replaced "
                              "atomically if it exists")
@@ -122,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"moekit fit: warning: {warning.message}", file=sys.stderr)
     seconds = time.perf_counter() - start
 
-    print(estimator.summary(feature_names=table.feature_names))
+    print(_summary(estimator, X, y, table.feature_names, args.se))
     loglik = float(estimator.log_likelihood(X, y))
     print(f"log-likelihood: {loglik:.6g}  ({loglik / len(y):.6g} per row)")
     print(f"BIC: {float(estimator.bic(X, y)):.6g}   AIC: {float(estimator.aic(X, y)):.6g}")
@@ -140,3 +144,21 @@ def run(args: argparse.Namespace) -> int:
     print(f"saved model to {path}")
     return 0
 
+
+
+# Rows up to which `moekit fit` computes standard errors itself when the estimator skipped them.
+SE_AUTO_MAX_ROWS = 20_000
+
+
+def _summary(estimator: Any, X: Any, y: Any, feature_names: list[str], force_se: bool) -> str:
+    """The estimator's summary table, with standard errors when they are affordable."""
+    covariance = getattr(estimator, "covariance_", None)
+    if covariance is not None and getattr(covariance, "size", 0) > 0:
+        return str(estimator.summary(feature_names=feature_names))
+    if force_se or len(X) <= SE_AUTO_MAX_ROWS:
+        try:
+            return str(estimator.summary(X, y, feature_names=feature_names))
+        except TypeError:  # an estimator whose summary takes no data
+            return str(estimator.summary(feature_names=feature_names))
+    return (f"(summary table skipped: standard errors were not computed at fit time for "
+            f"{len(X)} rows; pass --se to compute them)")
