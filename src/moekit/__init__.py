@@ -6,9 +6,23 @@ Subpackages:
 - :mod:`moekit.layers`: sparse MoE layers for PyTorch.
 - :mod:`moekit.models`, :mod:`moekit.train`, :mod:`moekit.viz`: reference models, training, plots.
 
-``import moekit`` is light: it imports neither torch nor scikit-learn.
+``import moekit`` is light: subpackages load on first use, so it imports neither torch nor
+scikit-learn by itself.
 """
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+_SUBPACKAGES = ("data", "estimators", "integrations", "kernels", "layers", "models", "train", "viz")
+
+__all__ = ["__version__", *_SUBPACKAGES]
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"moekit.{name}")
+    raise AttributeError(f"module 'moekit' has no attribute {name!r}")
