@@ -31,13 +31,12 @@ import warnings
 from typing import Any
 
 import numpy as np
-from scipy.special import logsumexp
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from ._gate import tree_log_proba, tree_m_step, tree_shapes
+from ._gate import logsumexp, tree_log_proba, tree_m_step, tree_shapes
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _sk_validate_data
@@ -48,6 +47,10 @@ except ImportError:  # pragma: no cover - older scikit-learn
 
 
 _INITS = ("kmeans", "kmeans_xy", "random")
+# Above this many rows each initialisation first runs EM to convergence on a random subsample of
+# _WARMUP_ROWS rows (cheap), then continues on all rows: far fewer full-data iterations.
+_WARMUP_ABOVE = 200_000
+_WARMUP_ROWS = 50_000
 
 
 def add_intercept(X: np.ndarray) -> np.ndarray:
@@ -70,7 +73,7 @@ def check_sample_weight(sample_weight: Any, n_samples: int) -> np.ndarray:
     if not np.all(np.isfinite(sw)) or np.any(sw < 0):
         raise ValueError("sample_weight must be finite and >= 0; remove NaN/inf/negative weights")
     if not np.any(sw > 0):
-        raise ValueError("sample_weight sums to 0; at least one row needs a positive weight")
+        raise ValueError("sample_weight: every weight is zero; at least one row needs a positive weight")
     return sw
 
 
@@ -155,7 +158,8 @@ class BaseMixtureOfExperts(BaseEstimator):
     def _m_step(self, X1, y, sw, resp, state, family) -> dict[str, Any]:
         state = family.m_step(X1, y, resp * sw[:, None], state)
         state["gate_coefs_"] = tree_m_step(X1, resp, sw, state["gate_coefs_"],
-                                           self._current_branching, float(self.gate_alpha))
+                                           self._current_branching, float(self.gate_alpha),
+                                           cache=self._gate_cache)
         return state
 
     # ------------------------------------------------------------------------- fitting
@@ -280,10 +284,22 @@ class BaseMixtureOfExperts(BaseEstimator):
         family = self._make_family()
         rng = check_random_state(self.random_state)
         X1 = add_intercept(X)
+        self._gate_cache: dict = {}
         best = None
         for run in range(1 if warm else int(self.n_init)):
             self._current_branching = tuple(self.branching_) if warm else self._branching()
-            state = self._get_state() if warm else self._initialise(X1, y, sw, family, rng)
+            if warm:
+                state = self._get_state()
+            elif X1.shape[0] > _WARMUP_ABOVE:
+                sub = rng.choice(X1.shape[0], size=_WARMUP_ROWS, replace=False)
+                cache, self._gate_cache = self._gate_cache, {}
+                state = self._initialise(X1[sub], y[sub], sw[sub], family, rng)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    state = self._em(X1[sub], y[sub], sw[sub], family, state, rng)[0]
+                self._gate_cache = cache
+            else:
+                state = self._initialise(X1, y, sw, family, rng)
             result = self._em(X1, y, sw, family, state, rng)
             if self.verbose:
                 print(f"init {run}: penalised log-likelihood {result[1][-1]:.6f} "
@@ -300,7 +316,7 @@ class BaseMixtureOfExperts(BaseEstimator):
         self.converged_, self.n_iter_ = bool(converged), int(n_iter)
         self.n_reseeded_, self.removed_experts_ = int(n_reseeded), [int(r) for r in removed]
         self.n_parameters_ = int(self._count_parameters())
-        del self._current_branching
+        del self._current_branching, self._gate_cache
         from ._inference import fit_covariance
 
         with np.errstate(all="ignore"):

@@ -48,6 +48,38 @@ def weighted_ridge(X1: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float = 
         return np.asarray(linalg.lstsq(A, b)[0])
 
 
+def weighted_grams(X1: np.ndarray, rw: np.ndarray, chunk: int = 1 << 15) -> np.ndarray:
+    """``X1' diag(rw[:, k]) X1`` for every column k, shape (K, d, d), by one GEMM per row chunk.
+
+    Memory stays O(chunk * K * d) whatever n_samples is.
+    """
+    n, d = X1.shape
+    K = rw.shape[1]
+    out = np.zeros((d, K * d))
+    for start in range(0, n, chunk):
+        Xc, Rc = X1[start : start + chunk], rw[start : start + chunk]
+        out += Xc.T @ (Rc[:, :, None] * Xc[:, None, :]).reshape(len(Xc), K * d)
+    return out.reshape(d, K, d).transpose(1, 0, 2)
+
+
+def weighted_ridge_multi(
+    X1: np.ndarray, y: np.ndarray, rw: np.ndarray, alpha: float = 0.0
+) -> np.ndarray:
+    """:func:`weighted_ridge` for every column of ``rw`` (n_samples, K) at once: (K, d)."""
+    A = weighted_grams(X1, rw)
+    b = (rw * y[:, None]).T @ X1
+    K, d, _ = A.shape
+    coef = np.empty((K, d))
+    pen = alpha * np.r_[0.0, np.ones(d - 1)]
+    for k in range(K):
+        Ak = A[k] + np.diag(pen + 1e-12 * (1.0 + np.trace(A[k]) / d))
+        try:
+            coef[k] = linalg.solve(Ak, b[k], assume_a="pos")
+        except (linalg.LinAlgError, ValueError):
+            coef[k] = linalg.lstsq(Ak, b[k])[0]
+    return coef
+
+
 def poisson_irls(
     X1: np.ndarray,
     y: np.ndarray,
@@ -167,13 +199,10 @@ class GaussianFamily:
         return {"expert_coef_": np.zeros((K, X1.shape[1])), "expert_scale_": np.ones(K)}
 
     def m_step(self, X1, y, rw, P):
-        K = rw.shape[1]
-        coef, scale = np.empty_like(P["expert_coef_"]), np.empty(K)
-        for k in range(K):
-            coef[k] = weighted_ridge(X1, y, rw[:, k], self.alpha)
-            r = y - X1 @ coef[k]
-            var = np.sum(rw[:, k] * r**2) / max(np.sum(rw[:, k]), 1e-300)
-            scale[k] = np.sqrt(max(var, self.scale_floor**2))
+        coef = weighted_ridge_multi(X1, y, rw, self.alpha)
+        var = np.einsum("nk,nk->k", rw, (y[:, None] - X1 @ coef.T) ** 2)
+        var /= np.maximum(rw.sum(0), 1e-300)
+        scale = np.sqrt(np.maximum(var, self.scale_floor**2))
         return {**P, "expert_coef_": coef, "expert_scale_": scale}
 
     def cdf(self, q, mu, s, P):

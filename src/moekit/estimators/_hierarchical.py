@@ -86,6 +86,9 @@ class HierarchicalMixtureOfExpertsRegressor(MixtureOfExpertsRegressor):
     def _branching(self) -> tuple[int, ...]:
         return tuple(int(v) for v in self.branching)
 
+    def _online_ok(self) -> bool:
+        return False  # online EM is written for the flat gate only
+
     @property
     def gate_coef_(self) -> np.ndarray:
         """Not defined for a tree; use ``gate_coefs_`` (one array per level)."""

@@ -15,10 +15,9 @@ from typing import Any
 
 import numpy as np
 from scipy import linalg, stats
-from scipy.special import logsumexp
 
 from ._base import add_intercept, check_sample_weight
-from ._gate import tree_score
+from ._gate import logsumexp, tree_score
 
 # fit() computes covariance_ only while n_samples * n_parameters_ stays below this.
 AUTO_SE_MAX_WORK = 5e6

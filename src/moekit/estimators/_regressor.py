@@ -247,7 +247,7 @@ class MixtureOfExpertsRegressor(RegressorMixin, BaseMixtureOfExperts):
     def _online_ok(self) -> bool:
         return isinstance(self.expert, str) and self.expert == "linear"
 
-    @available_if(_online_ok)
+    @available_if(lambda self: self._online_ok())
     def partial_fit(self, X, y, sample_weight=None) -> MixtureOfExpertsRegressor:
         """One step of online (stepwise) EM on a minibatch (Gaussian linear experts only).
 
