@@ -46,3 +46,43 @@ def expected_failures(estimator) -> dict[str, str]:
 @parametrize_with_checks(ESTIMATORS, expected_failed_checks=expected_failures)
 def test_check_estimator(estimator, check):
     check(estimator)
+
+
+def _data():
+    return make_moe_regression(600, 3, 2, noise=0.3, random_state=0)
+
+
+def test_pipeline_and_grid_search():
+    X, y, _ = _data()
+    pipe = make_pipeline(StandardScaler(), MixtureOfExpertsRegressor(random_state=0))
+    grid = GridSearchCV(pipe, {"mixtureofexpertsregressor__n_experts": [1, 2, 3]}, cv=3)
+    grid.fit(X, y)
+    assert grid.best_params_["mixtureofexpertsregressor__n_experts"] >= 2
+    assert grid.best_score_ > 0.9
+
+
+def test_cross_val_score_classifier():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 2))
+    y = np.where(X[:, 0] > 0, X[:, 1] > 0, X[:, 1] < 0)
+    scores = cross_val_score(MixtureOfExpertsClassifier(2, n_init=3, random_state=0), X, y, cv=3)
+    assert scores.mean() > 0.85
+
+
+def test_fitted_state_is_plain_data():
+    """Persistence hook: fitted attributes are arrays/numbers/strings/lists of those."""
+    X, y, _ = _data()
+    for est in (MixtureOfExpertsRegressor(2, expert="student_t", random_state=0),
+                HierarchicalMixtureOfExpertsRegressor((2, 2), random_state=0),
+                MixtureOfExpertsClassifier(2, random_state=0)):
+        target = (y > 0).astype(int) if isinstance(est, MixtureOfExpertsClassifier) else y
+        est.fit(X, target)
+        state = {k: v for k, v in vars(est).items() if k.endswith("_")}
+        for k, v in state.items():
+            items = v if isinstance(v, list) else [v]
+            assert all(isinstance(i, (np.ndarray, int, float, str, bool, np.generic))
+                       for i in items), k
+        clone_ = type(est)(**est.get_params())
+        for k, v in state.items():
+            setattr(clone_, k, v)
+        np.testing.assert_allclose(clone_.predict(X), est.predict(X))

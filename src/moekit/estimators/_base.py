@@ -319,7 +319,8 @@ class BaseMixtureOfExperts(BaseEstimator):
         del self._current_branching, self._gate_cache
         from ._inference import fit_covariance
 
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ill-conditioned information: reported as large SEs
             self.covariance_ = fit_covariance(self, X, y_raw, sample_weight)
         if n_reseeded or removed:
             warnings.warn(

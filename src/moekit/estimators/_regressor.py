@@ -220,7 +220,7 @@ class MixtureOfExpertsRegressor(RegressorMixin, BaseMixtureOfExperts):
         -------
         lower, upper : ndarray of shape (n_samples,)
         """
-        _check_number("alpha", alpha, 0.0, strict=True, fix="use 0 < alpha < 1, e.g. alpha=0.1")
+        _check_number("alpha", alpha, 0, strict=True, fix="use 0 < alpha < 1, e.g. alpha=0.1")
         if alpha >= 1:
             raise ValueError(f"alpha={alpha!r} must be < 1; use 0 < alpha < 1, e.g. alpha=0.1")
         return self._quantile(X, alpha / 2), self._quantile(X, 1 - alpha / 2)
