@@ -127,8 +127,10 @@ def test_outputs_and_gradients_match(kind: str, seed: int, impl: str, backend: s
     _close(y_mk, y_hf, "output")
     _close(x_mk.grad, x_hf.grad, "d input")
     _close(layer.router.weight.grad, block.gate.weight.grad, "d router weight")
-    for name, g_hf in zip(("w_gate", "w_up", "w_down"), _expert_grads_hf(block)):
-        _close(getattr(layer.experts, name).grad, g_hf, f"d experts.{name}")
+    g_gate, g_up = layer.experts.split_gate_up(layer.experts.w_in.grad)
+    for name, g_mk, g_hf in zip(("w_gate", "w_up", "w_down"), (g_gate, g_up, layer.experts.w_down.grad),
+                                _expert_grads_hf(block)):
+        _close(g_mk, g_hf, f"d experts.{name}")
     if layer.shared_experts is not None:
         mlp = getattr(block, "shared_experts", None) or block.shared_expert
         _close(layer.shared_experts.w_down.grad, mlp.down_proj.weight.grad.T, "d shared w_down")

@@ -71,8 +71,8 @@ def test_gradcheck_float64(router):
     assert torch.autograd.gradcheck(moe, (x,))
     # also through the expert weights, with the router frozen to a fixed routing
     moe.router.weight.requires_grad_(False)
-    w = moe.experts.w_up
-    assert torch.autograd.gradcheck(lambda w_: torch.func.functional_call(moe, {"experts.w_up": w_}, (x,)),
+    w = moe.experts.w_in
+    assert torch.autograd.gradcheck(lambda w_: torch.func.functional_call(moe, {"experts.w_in": w_}, (x,)),
                                     (w.detach().clone().requires_grad_(),))
 
 

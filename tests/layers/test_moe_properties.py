@@ -17,18 +17,17 @@ def test_one_expert_equals_dense_ffn_outputs_and_gradients(backend, activation):
     moe = MoELayer(8, 12, num_experts=1, top_k=1, activation=activation, backend=backend)
     dense = FeedForward(8, 12, activation)
     with torch.no_grad():
-        dense.w_up.copy_(moe.experts.w_up[0])
+        dense.w_in.copy_(moe.experts.w_in[0])
         dense.w_down.copy_(moe.experts.w_down[0])
-        if dense.w_gate is not None:
-            dense.w_gate.copy_(moe.experts.w_gate[0])
     x = torch.randn(3, 7, 8, requires_grad=True)
     y_moe, y_dense = moe(x), dense(x)
     torch.testing.assert_close(y_moe, y_dense)
     g = torch.randn_like(y_moe)
-    gx_moe, gup_moe = torch.autograd.grad(y_moe, (x, moe.experts.w_up), g)
-    gx_dense, gup_dense = torch.autograd.grad(y_dense, (x, dense.w_up), g)
+    gx_moe, gin_moe, gdown_moe = torch.autograd.grad(y_moe, (x, moe.experts.w_in, moe.experts.w_down), g)
+    gx_dense, gin_dense, gdown_dense = torch.autograd.grad(y_dense, (x, dense.w_in, dense.w_down), g)
     torch.testing.assert_close(gx_moe, gx_dense)
-    torch.testing.assert_close(gup_moe[0], gup_dense)
+    torch.testing.assert_close(gin_moe[0], gin_dense)
+    torch.testing.assert_close(gdown_moe[0], gdown_dense)
 
 
 def test_capacity_by_position_hand_worked():
@@ -171,6 +170,7 @@ def test_shared_experts_and_gate_add_dense_path():
     torch.manual_seed(0)
     moe = MoELayer(8, 16, 4, 2, num_shared_experts=2, shared_d_ff=6, shared_expert_gate=True).eval()
     assert moe.shared_experts is not None and moe.shared_experts.w_up.shape == (8, 12)
+    assert moe.shared_experts.w_in.shape == (8, 24)  # [gate | up]
     x = torch.randn(5, 8)
     y = moe(x)
     routed_only = y - torch.sigmoid(moe.shared_gate(x)) * moe.shared_experts(x)

@@ -2,8 +2,9 @@
 
 Legend: R rows, D in features, F out features, E groups (experts).
 
-``grouped_mm(x_RD, w_EDF, offsets_E)`` multiplies rows ``offsets_E[e-1]:offsets_E[e]`` by
-``w_EDF[e]``; rows past ``offsets_E[-1]`` come back as zeros (and get zero gradient).
+``grouped_mm(x_RD, w_EDF, offsets_E, full)`` multiplies rows ``offsets_E[e-1]:offsets_E[e]`` by
+``w_EDF[e]``; rows past ``offsets_E[-1]`` come back as zeros (and get zero gradient). Pass
+``full=True`` when ``offsets_E[-1]`` is known to equal R (dropless routing) to skip that zeroing.
 
 It runs ``torch._grouped_mm`` where this torch and device support it for the dtype and strides
 (CPU float32 and CUDA bfloat16 on recent torch, with 16-byte aligned rows), and otherwise a loop
@@ -68,11 +69,10 @@ def native_reason(x: torch.Tensor, w: torch.Tensor) -> str | None:
     return reason
 
 
-def _zero_tail(out_R_: torch.Tensor, offsets_E: torch.Tensor) -> torch.Tensor:
-    if out_R_.shape[0] == 0 or offsets_E.numel() == 0:
-        return out_R_.zero_() if offsets_E.numel() == 0 else out_R_
-    rows = torch.arange(out_R_.shape[0], device=out_R_.device)
-    return out_R_.masked_fill_((rows >= offsets_E[-1]).unsqueeze(-1), 0)
+def _zero_tail(out_RF: torch.Tensor, offsets_E: torch.Tensor) -> torch.Tensor:
+    """Zero the rows past the last group (torch._grouped_mm leaves them uninitialised)."""
+    rows = torch.arange(out_RF.shape[0], device=out_RF.device)
+    return out_RF.masked_fill_((rows >= offsets_E[-1]).unsqueeze(-1), 0)
 
 
 def _loop_mm(x_RD: torch.Tensor, w_EDF: torch.Tensor, offsets_E: torch.Tensor) -> torch.Tensor:
@@ -97,16 +97,18 @@ def _loop_mm_weight_grad(x_RD: torch.Tensor, g_RF: torch.Tensor, offsets_E: torc
 
 
 @torch.library.custom_op("moekit::grouped_mm", mutates_args=())
-def grouped_mm(x_RD: torch.Tensor, w_EDF: torch.Tensor, offsets_E: torch.Tensor) -> torch.Tensor:
+def grouped_mm(x_RD: torch.Tensor, w_EDF: torch.Tensor, offsets_E: torch.Tensor,
+               full: bool = False) -> torch.Tensor:
     """Grouped matmul; see the module docstring."""
     if native_reason(x_RD, w_EDF) is None and x_RD.shape[0] > 0:
         out_RF = torch._grouped_mm(x_RD, w_EDF, offs=offsets_E)
-        return _zero_tail(out_RF, offsets_E)
+        return out_RF if full else _zero_tail(out_RF, offsets_E)
     return _loop_mm(x_RD, w_EDF, offsets_E)
 
 
 @grouped_mm.register_fake
-def _grouped_mm_fake(x_RD: torch.Tensor, w_EDF: torch.Tensor, offsets_E: torch.Tensor) -> torch.Tensor:
+def _grouped_mm_fake(x_RD: torch.Tensor, w_EDF: torch.Tensor, offsets_E: torch.Tensor,
+                     full: bool = False) -> torch.Tensor:
     return x_RD.new_empty(x_RD.shape[0], w_EDF.shape[-1])
 
 
@@ -125,8 +127,9 @@ def _weight_grad_fake(x_RD: torch.Tensor, g_RF: torch.Tensor, offsets_E: torch.T
 
 
 def _setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
-    x_RD, w_EDF, offsets_E = inputs
+    x_RD, w_EDF, offsets_E, full = inputs
     ctx.save_for_backward(x_RD, w_EDF, offsets_E)
+    ctx.full = full
 
 
 def _backward(ctx, grad_RF: torch.Tensor):  # type: ignore[no-untyped-def]
@@ -134,10 +137,10 @@ def _backward(ctx, grad_RF: torch.Tensor):  # type: ignore[no-untyped-def]
     grad_RF = grad_RF.contiguous()
     grad_x = grad_w = None
     if ctx.needs_input_grad[0]:
-        grad_x = grouped_mm(grad_RF, w_EDF.transpose(-1, -2).contiguous(), offsets_E)
+        grad_x = grouped_mm(grad_RF, w_EDF.transpose(-1, -2), offsets_E, ctx.full)
     if ctx.needs_input_grad[1]:
         grad_w = grouped_mm_weight_grad(x_RD, grad_RF, offsets_E)
-    return grad_x, grad_w, None
+    return grad_x, grad_w, None, None
 
 
 grouped_mm.register_autograd(_backward, setup_context=_setup_context)

@@ -91,32 +91,79 @@ def loop_backend(x_TD: torch.Tensor, indices_TK: torch.Tensor, weights_TK: torch
     return y_TD.to(x_TD.dtype)
 
 
+def _sum_rows(v_RD: torch.Tensor, rank_TK: torch.Tensor, valid_TK: torch.Tensor | None) -> torch.Tensor:
+    """``out_TD[t] = sum_k v_RD[rank_TK[t, k]]`` over valid slots: a gather and a sum, no atomics."""
+    T, K = rank_TK.shape
+    if v_RD.shape[0] == 0:
+        return v_RD.new_zeros(T, v_RD.shape[-1])
+    g_TKD = v_RD[rank_TK.clamp(max=v_RD.shape[0] - 1).reshape(-1)].view(T, K, -1)
+    if valid_TK is not None:
+        g_TKD = g_TKD.masked_fill(~valid_TK.unsqueeze(-1), 0)
+    return g_TKD.sum(dim=1)
+
+
+class _GatherRows(torch.autograd.Function):
+    """``x_RD = x_TD[token_R]``; the backward sums each token's rows by gathering (deterministic)."""
+
+    @staticmethod
+    def forward(ctx, x_TD, token_R, rank_TK, valid_TK):  # type: ignore[no-untyped-def, override]
+        ctx.save_for_backward(rank_TK, valid_TK)
+        ctx.has_valid = valid_TK is not None
+        return x_TD.index_select(0, token_R)
+
+    @staticmethod
+    def backward(ctx, grad_RD):  # type: ignore[no-untyped-def, override]
+        rank_TK, valid_TK = ctx.saved_tensors
+        return _sum_rows(grad_RD, rank_TK, valid_TK if ctx.has_valid else None), None, None, None
+
+
+class _SumRows(torch.autograd.Function):
+    """``y_TD = sum_k v_RD[rank_TK[:, k]]``; the backward is the gather ``grad_TD[token_R]``."""
+
+    @staticmethod
+    def forward(ctx, v_RD, rank_TK, valid_TK, token_R):  # type: ignore[no-untyped-def, override]
+        ctx.save_for_backward(token_R)
+        return _sum_rows(v_RD, rank_TK, valid_TK)
+
+    @staticmethod
+    def backward(ctx, grad_TD):  # type: ignore[no-untyped-def, override]
+        (token_R,) = ctx.saved_tensors
+        return grad_TD.index_select(0, token_R), None, None, None
+
+
 def grouped_backend(x_TD: torch.Tensor, indices_TK: torch.Tensor, weights_TK: torch.Tensor,
-                    keep_TK: torch.Tensor, experts: Experts, cap: int | None = None) -> torch.Tensor:
-    """Sorted dispatch + grouped matmuls + gather combine; no host sync, deterministic."""
+                    keep_TK: torch.Tensor | None, experts: Experts,
+                    cap: int | None = None) -> torch.Tensor:
+    """Sorted dispatch + grouped matmuls + gather combine; no host sync, no atomics.
+
+    ``keep_TK=None`` means every slot is kept (dropless): the buffer then holds exactly S rows
+    and no masking is needed.
+    """
     if not isinstance(experts, GroupedExperts):
         raise TypeError("backend='grouped_mm' needs GroupedExperts; ModuleExperts run with backend='loop'")
     T, K = indices_TK.shape
     E = experts.num_experts
     S = T * K
+    full = keep_TK is None
     # Rows in the buffer: every slot when dropless, else at most E*C (a static bound, no sync).
     R = S if cap is None else min(S, E * cap)
-    key_S = torch.where(keep_TK, indices_TK, E).reshape(-1)
+    key_S = indices_TK.reshape(-1) if keep_TK is None else torch.where(keep_TK, indices_TK, E).reshape(-1)
     order_S = _sort_by_expert(key_S)
     row_order_R = order_S[:R]
     token_R = torch.div(row_order_R, K, rounding_mode="floor")
-    expert_R = key_S[row_order_R].clamp(max=E - 1)
+    expert_R = key_S[row_order_R]
     counts_E = torch.bincount(key_S, minlength=E + 1)[:E]
     offsets_E = torch.cumsum(counts_E, 0).to(torch.int32)
-    out_RD = experts.forward_grouped(x_TD[token_R], offsets_E, expert_R, grouped_mm)
-    # Combine: slot s sits at row rank_S[s]; gather each token's K rows (kept slots only).
-    rank_S = torch.empty_like(order_S).scatter_(0, order_S, torch.arange(S, device=x_TD.device))
-    row_TK = rank_S.view(T, K).clamp(max=max(R - 1, 0))
+    rank_TK = torch.empty_like(order_S).scatter_(
+        0, order_S, torch.arange(S, device=x_TD.device)).view(T, K)
+    x_RD = _GatherRows.apply(x_TD, token_R, rank_TK, keep_TK)
+    out_RD = experts.forward_grouped(x_RD, offsets_E, expert_R.clamp(max=E - 1),
+                                     lambda a, w, o: grouped_mm(a, w, o, full))
     acc = router_dtype(x_TD.dtype)
-    y_TD = torch.zeros(x_TD.shape, dtype=acc, device=x_TD.device)
-    for k in range(K):
-        contrib_TD = out_RD[row_TK[:, k]].to(acc) * weights_TK[:, k, None].to(acc)
-        y_TD = y_TD + torch.where(keep_TK[:, k, None], contrib_TD, 0.0)
+    w_R = weights_TK.reshape(-1)[row_order_R].to(acc)
+    if not full:
+        w_R = w_R.masked_fill(expert_R >= E, 0)  # rows of dropped slots (past the last group)
+    y_TD = _SumRows.apply(out_RD.to(acc) * w_R.unsqueeze(-1), rank_TK, keep_TK, token_R)
     return y_TD.to(x_TD.dtype)
 
 
@@ -124,9 +171,14 @@ BackendFn = Callable[..., torch.Tensor]
 
 
 def run_experts(x_TD: torch.Tensor, indices_TK: torch.Tensor, weights_TK: torch.Tensor,
-                keep_TK: torch.Tensor, experts: Experts, backend: Backend,
+                keep_TK: torch.Tensor | None, experts: Experts, backend: Backend,
                 cap: int | None = None) -> torch.Tensor:
-    """Run ``experts`` on the kept slots with ``backend``; returns ``y_TD`` in ``x_TD``'s dtype."""
+    """Run ``experts`` on the kept slots with ``backend``; returns ``y_TD`` in ``x_TD``'s dtype.
+
+    ``keep_TK=None`` means every slot is kept.
+    """
     if backend == "loop":
+        if keep_TK is None:
+            keep_TK = torch.ones_like(indices_TK, dtype=torch.bool)
         return loop_backend(x_TD, indices_TK, weights_TK, keep_TK, experts)
     return grouped_backend(x_TD, indices_TK, weights_TK, keep_TK, experts, cap)

@@ -41,18 +41,59 @@ def activation_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     return _ACT_FN[name]
 
 
-class GroupedExperts(nn.Module):
+class _InputProjection:
+    """``w_in`` holds the input projection, ``[gate | up]`` along the last axis for gated
+    activations (one matmul instead of two), ``up`` alone otherwise; ``w_gate``/``w_up`` (and
+    ``b_gate``/``b_up``) are views of it, so copying into them updates the parameter."""
+
+    w_in: nn.Parameter
+    b_in: nn.Parameter | None
+    gated: bool
+
+    def split_gate_up(self, t: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Split a tensor laid out like ``w_in`` (its gradient, say) into (gate or None, up)."""
+        if not self.gated:
+            return None, t
+        gate, up = t.chunk(2, dim=-1)
+        return gate, up
+
+    @property
+    def w_gate(self) -> torch.Tensor | None:
+        return self.split_gate_up(self.w_in)[0]
+
+    @property
+    def w_up(self) -> torch.Tensor:
+        return self.split_gate_up(self.w_in)[1]
+
+    @property
+    def b_gate(self) -> torch.Tensor | None:
+        return None if self.b_in is None else self.split_gate_up(self.b_in)[0]
+
+    @property
+    def b_up(self) -> torch.Tensor | None:
+        return None if self.b_in is None else self.split_gate_up(self.b_in)[1]
+
+    def _hidden(self, in_RH: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        if self.gated:
+            gate_RF, up_RF = in_RH.chunk(2, dim=-1)
+            return act(gate_RF) * up_RF
+        return act(in_RH)
+
+
+class GroupedExperts(_InputProjection, nn.Module):
     """E feed-forward experts with stacked weights.
 
     Parameters
     ----------
     d_model, d_ff, num_experts : sizes D, F, E.
     activation : one of ``"swiglu"``, ``"geglu"``, ``"gelu"``, ``"relu"``, ``"silu"``.
-    bias : add per-expert biases ``b_gate``, ``b_up`` (E, F) and ``b_down`` (E, D).
+    bias : add per-expert biases ``b_in`` (E, H) and ``b_down`` (E, D).
 
     Attributes
     ----------
-    w_gate : (E, D, F), gated activations only.  w_up : (E, D, F).  w_down : (E, F, D).
+    w_in : (E, D, H) parameter, H = 2F ``[gate | up]`` for gated activations, else F.
+    w_down : (E, F, D) parameter.
+    w_gate, w_up : (E, D, F) views of ``w_in`` (``w_gate`` is None without gating).
     """
 
     def __init__(self, d_model: int, d_ff: int, num_experts: int, activation: Activation = "swiglu",
@@ -65,26 +106,18 @@ class GroupedExperts(nn.Module):
         self.act = activation_fn(activation)
         self.gated = activation in GATED
         E, D, Fh = num_experts, d_model, d_ff
-        self.w_up = nn.Parameter(torch.randn(E, D, Fh) * D**-0.5)
-        self.w_gate = nn.Parameter(torch.randn(E, D, Fh) * D**-0.5) if self.gated else None
+        H = 2 * Fh if self.gated else Fh
+        self.w_in = nn.Parameter(torch.randn(E, D, H) * D**-0.5)
         self.w_down = nn.Parameter(torch.randn(E, Fh, D) * Fh**-0.5)
-        self.b_up = nn.Parameter(torch.zeros(E, Fh)) if bias else None
-        self.b_gate = nn.Parameter(torch.zeros(E, Fh)) if bias and self.gated else None
+        self.b_in = nn.Parameter(torch.zeros(E, H)) if bias else None
         self.b_down = nn.Parameter(torch.zeros(E, D)) if bias else None
 
     def forward_expert(self, e: int, x_RD: torch.Tensor) -> torch.Tensor:
         """Run expert ``e`` on rows ``x_RD`` (R, D) -> (R, D); the readable per-expert path."""
-        up_RF = x_RD @ self.w_up[e]
-        if self.b_up is not None:
-            up_RF = up_RF + self.b_up[e]
-        if self.w_gate is not None:
-            gate_RF = x_RD @ self.w_gate[e]
-            if self.b_gate is not None:
-                gate_RF = gate_RF + self.b_gate[e]
-            h_RF = self.act(gate_RF) * up_RF
-        else:
-            h_RF = self.act(up_RF)
-        out_RD = h_RF @ self.w_down[e]
+        in_RH = x_RD @ self.w_in[e]
+        if self.b_in is not None:
+            in_RH = in_RH + self.b_in[e]
+        out_RD = self._hidden(in_RH, self.act) @ self.w_down[e]
         if self.b_down is not None:
             out_RD = out_RD + self.b_down[e]
         return out_RD
@@ -102,39 +135,25 @@ class GroupedExperts(nn.Module):
         expert_R : (R,) expert of each row (used for the biases only).
         matmul : grouped matmul ``(x_RD, w_EDF, offsets_E) -> (R, F)``.
         """
-        up_RF = matmul(x_RD, self.w_up, offsets_E)
-        if self.b_up is not None:
-            up_RF = up_RF + self.b_up[expert_R]
-        if self.w_gate is not None:
-            gate_RF = matmul(x_RD, self.w_gate, offsets_E)
-            if self.b_gate is not None:
-                gate_RF = gate_RF + self.b_gate[expert_R]
-            h_RF = self.act(gate_RF) * up_RF
-        else:
-            h_RF = self.act(up_RF)
-        out_RD = matmul(h_RF, self.w_down, offsets_E)
+        in_RH = matmul(x_RD, self.w_in, offsets_E)
+        if self.b_in is not None:
+            in_RH = in_RH + self.b_in[expert_R]
+        out_RD = matmul(self._hidden(in_RH, self.act), self.w_down, offsets_E)
         if self.b_down is not None:
             out_RD = out_RD + self.b_down[expert_R]
         return out_RD
 
     def forward_batched(self, x_ERD: torch.Tensor) -> torch.Tensor:
         """Run expert e on ``x_ERD[e]``: every expert gets the same number of rows (E, R, D)."""
-        up_ERF = torch.bmm(x_ERD, self.w_up)
-        if self.b_up is not None:
-            up_ERF = up_ERF + self.b_up[:, None]
-        if self.w_gate is not None:
-            gate_ERF = torch.bmm(x_ERD, self.w_gate)
-            if self.b_gate is not None:
-                gate_ERF = gate_ERF + self.b_gate[:, None]
-            h_ERF = self.act(gate_ERF) * up_ERF
-        else:
-            h_ERF = self.act(up_ERF)
-        out_ERD = torch.bmm(h_ERF, self.w_down)
+        in_ERH = torch.bmm(x_ERD, self.w_in)
+        if self.b_in is not None:
+            in_ERH = in_ERH + self.b_in[:, None]
+        out_ERD = torch.bmm(self._hidden(in_ERH, self.act), self.w_down)
         return out_ERD + self.b_down[:, None] if self.b_down is not None else out_ERD
 
     def extra_repr(self) -> str:
         return (f"num_experts={self.num_experts}, d_model={self.d_model}, d_ff={self.d_ff}, "
-                f"activation={self.activation!r}, bias={self.b_up is not None}")
+                f"activation={self.activation!r}, bias={self.b_in is not None}")
 
 
 class ModuleExperts(nn.Module):
@@ -154,10 +173,11 @@ class ModuleExperts(nn.Module):
         return self.experts[e](x_RD)
 
 
-class FeedForward(nn.Module):
+class FeedForward(_InputProjection, nn.Module):
     """One dense FFN with the same maths as one grouped expert: (..., D) -> (..., D).
 
-    Attributes: ``w_gate`` (D, F) for gated activations, ``w_up`` (D, F), ``w_down`` (F, D).
+    Attributes: ``w_in`` (D, H) with H = 2F ``[gate | up]`` for gated activations, else F;
+    ``w_down`` (F, D); ``w_gate``, ``w_up`` (D, F) are views of ``w_in``.
     """
 
     def __init__(self, d_model: int, d_ff: int, activation: Activation = "swiglu",
@@ -167,24 +187,16 @@ class FeedForward(nn.Module):
         check_positive_int("d_ff", d_ff)
         self.act = activation_fn(activation)
         self.activation = activation
-        gated = activation in GATED
-        self.w_up = nn.Parameter(torch.randn(d_model, d_ff) * d_model**-0.5)
-        self.w_gate = nn.Parameter(torch.randn(d_model, d_ff) * d_model**-0.5) if gated else None
+        self.gated = activation in GATED
+        H = 2 * d_ff if self.gated else d_ff
+        self.w_in = nn.Parameter(torch.randn(d_model, H) * d_model**-0.5)
         self.w_down = nn.Parameter(torch.randn(d_ff, d_model) * d_ff**-0.5)
-        self.b_up = nn.Parameter(torch.zeros(d_ff)) if bias else None
-        self.b_gate = nn.Parameter(torch.zeros(d_ff)) if bias and gated else None
+        self.b_in = nn.Parameter(torch.zeros(H)) if bias else None
         self.b_down = nn.Parameter(torch.zeros(d_model)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        up = x @ self.w_up
-        if self.b_up is not None:
-            up = up + self.b_up
-        if self.w_gate is not None:
-            gate = x @ self.w_gate
-            if self.b_gate is not None:
-                gate = gate + self.b_gate
-            h = self.act(gate) * up
-        else:
-            h = self.act(up)
-        out = h @ self.w_down
+        h = x @ self.w_in
+        if self.b_in is not None:
+            h = h + self.b_in
+        out = self._hidden(h, self.act) @ self.w_down
         return out + self.b_down if self.b_down is not None else out

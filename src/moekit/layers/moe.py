@@ -177,14 +177,14 @@ class MoELayer(nn.Module):
         routing = self.router(x_TD)
         kind = self.router.config.kind
         cap: int | None
+        keep_TK: torch.Tensor | None
         if kind == "expert_choice":
             cap = expert_choice_capacity(T, E, self.top_k, self.capacity_factor)
             keep_TK = routing.keep_TK
         else:
             cap = capacity(T, self.top_k, E, self.capacity_factor)
-            keep_TK = capacity_keep(routing.indices_TK, routing.weights_TK, E, cap, self.drop_policy)
-        if keep_TK is None:  # pragma: no cover - every router path above sets it
-            raise RuntimeError("internal error: no keep mask for the routing")
+            keep_TK = None if cap is None else capacity_keep(
+                routing.indices_TK, routing.weights_TK, E, cap, self.drop_policy)
         y_TD = run_experts(x_TD, routing.indices_TK, routing.weights_TK, keep_TK, self.experts,
                            self.backend, cap)
         if self.shared_experts is not None:
@@ -213,8 +213,10 @@ class MoELayer(nn.Module):
 
 
 @torch.no_grad()
-def _routing_stats(indices_TK: torch.Tensor, keep_TK: torch.Tensor, probs_TE: torch.Tensor,
+def _routing_stats(indices_TK: torch.Tensor, keep_TK: torch.Tensor | None, probs_TE: torch.Tensor,
                    num_experts: int, kind: str) -> RoutingStats:
+    if keep_TK is None:
+        keep_TK = torch.ones_like(indices_TK, dtype=torch.bool)
     kept_TK = torch.where(keep_TK, indices_TK, -1)
     tokens_E = torch.bincount(torch.where(keep_TK, indices_TK, num_experts).reshape(-1),
                               minlength=num_experts + 1)[:num_experts]

@@ -33,9 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
-import tomllib
 import torch
 from torch import nn
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
 
 from moekit.models import (
     AudioClassifier,
