@@ -210,3 +210,28 @@ def test_information_criteria(two_regimes):
     assert m.n_parameters_ == 3 + 2 * 4
     np.testing.assert_allclose(m.responsibilities(X, y).sum(1), 1.0)
     assert m.log_likelihood_samples(X, y).sum() == pytest.approx(ll)
+
+
+def test_student_t_experts_resist_outliers():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 1))
+    y = 1.0 + 2.0 * X[:, 0] + 0.2 * rng.normal(size=600)
+    y[:30] += rng.choice([-1, 1], 30) * 30.0  # 5% gross outliers
+    t = MixtureOfExpertsRegressor(1, expert="student_t").fit(X, y)
+    g = MixtureOfExpertsRegressor(1).fit(X, y)
+    err_t = np.abs(t.expert_coef_[0] - [1.0, 2.0]).max()
+    err_g = np.abs(g.expert_coef_[0] - [1.0, 2.0]).max()
+    assert err_t < 0.05 < err_g
+    assert t.expert_df_[0] < 5
+
+
+def test_poisson_experts_recover_rates(best_permutation):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 1))
+    true = np.array([[0.5, 1.0], [2.0, -0.5]])
+    z = (X[:, 0] + 0.3 * rng.normal(size=3000) > 0).astype(int)
+    y = rng.poisson(np.exp(true[z, 0] + true[z, 1] * X[:, 0]))
+    m = MixtureOfExpertsRegressor(2, expert="poisson", init="kmeans_xy", n_init=2,
+                                  random_state=0).fit(X, y)
+    p = best_permutation(m.expert_coef_, true)
+    np.testing.assert_allclose(m.expert_coef_[p], true, atol=0.15)

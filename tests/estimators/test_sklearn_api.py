@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -37,6 +36,8 @@ def expected_failures(estimator) -> dict[str, str]:
     local maxima of a multimodal likelihood. The M-steps themselves weight rows exactly:
     test_em.py::test_integer_weights_equal_repeated_rows checks it where the optimum is unique.
     """
+    if not isinstance(estimator.expert, str):
+        return {}  # tree experts happen to land on the same optimum on the check's tiny data
     return {
         "check_sample_weight_equivalence_on_dense_data": (
             "random initialisation per row; EM has several local maxima (see docstring)"),

@@ -47,8 +47,9 @@ except ImportError:  # pragma: no cover - older scikit-learn
 
 
 _INITS = ("kmeans", "kmeans_xy", "random")
-# Above this many rows each initialisation first runs EM to convergence on a random subsample of
-# _WARMUP_ROWS rows (cheap), then continues on all rows: far fewer full-data iterations.
+# Above this many rows each initialisation first runs EM on a random subsample of _WARMUP_ROWS
+# rows (tol at least 1e-4, at most 100 iterations), then continues on all rows: far fewer
+# full-data iterations.
 _WARMUP_ABOVE = 200_000
 _WARMUP_ROWS = 50_000
 
@@ -218,22 +219,25 @@ class BaseMixtureOfExperts(BaseEstimator):
         self._current_branching = (resp.shape[1],)
         return state, resp
 
-    def _em(self, X1, y, sw, family, state, rng):
+    def _em(self, X1, y, sw, family, state, rng, max_iter=None, tol=None):
+        max_iter = int(self.max_iter if max_iter is None else max_iter)
+        tol = float(self.tol if tol is None else tol)
         total_w = float(np.sum(sw))
         history: list[float] = []
-        n_reseeded, removed, alive = 0, [], list(range(int(np.prod(self._current_branching))))
+        n_reseeded, alive = 0, list(range(int(np.prod(self._current_branching))))
+        removed: list[int] = []
         converged, n_iter = False, 0
-        for it in range(int(self.max_iter) + 1):
+        for it in range(max_iter + 1):
             log_joint = self._log_joint(X1, y, state, family)
             ll_rows = logsumexp(log_joint, axis=1)
             ll = float(np.sum(sw * ll_rows)) - self._penalty(state)
             history.append(ll)
             if self.verbose and self.verbose > 1:
                 print(f"  iter {it:4d}  penalised log-likelihood {ll:.6f}")
-            if it > 0 and abs(ll - history[-2]) <= self.tol * total_w:
+            if it > 0 and abs(ll - history[-2]) <= tol * total_w:
                 converged = True
                 break
-            if it == self.max_iter:
+            if it == max_iter:
                 break
             resp = np.exp(log_joint - ll_rows[:, None])
             mass = (resp * sw[:, None]).sum(0)
@@ -287,7 +291,8 @@ class BaseMixtureOfExperts(BaseEstimator):
         self._gate_cache: dict = {}
         best = None
         for run in range(1 if warm else int(self.n_init)):
-            self._current_branching = tuple(self.branching_) if warm else self._branching()
+            previous: list[int] = getattr(self, "branching_", [])
+            self._current_branching = tuple(previous) if warm else self._branching()
             if warm:
                 state = self._get_state()
             elif X1.shape[0] > _WARMUP_ABOVE:
@@ -296,7 +301,9 @@ class BaseMixtureOfExperts(BaseEstimator):
                 state = self._initialise(X1[sub], y[sub], sw[sub], family, rng)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)
-                    state = self._em(X1[sub], y[sub], sw[sub], family, state, rng)[0]
+                    state = self._em(X1[sub], y[sub], sw[sub], family, state, rng,
+                                     max_iter=min(int(self.max_iter), 100),
+                                     tol=max(float(self.tol), 1e-4))[0]
                 self._gate_cache = cache
             else:
                 state = self._initialise(X1, y, sw, family, rng)

@@ -214,7 +214,14 @@ class MixtureOfExpertsRegressor(RegressorMixin, BaseMixtureOfExperts):
         """Central ``1 - alpha`` predictive interval from the mixture quantiles.
 
         The quantiles ``alpha/2`` and ``1 - alpha/2`` of the mixture CDF are found by
-        vectorised bisection (all rows at once, 100 halvings).
+        vectorised bisection (all rows at once: a bracket grown by doubling, then 100
+        halvings). For Poisson experts the bounds are integers.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        alpha : float, default=0.1
+            Miscoverage, 0 < alpha < 1.
 
         Returns
         -------
@@ -229,16 +236,26 @@ class MixtureOfExpertsRegressor(RegressorMixin, BaseMixtureOfExperts):
         w, mu, s = self.predict_distribution(X)
         family = self._make_family()
         state = self._get_state()
-        finite_s = np.where(np.isfinite(s), s, 1e3 * np.nanmax(np.where(np.isfinite(s), s, 0)))
-        width = 40.0 * np.max(finite_s, axis=1) + 1.0
-        lo = np.min(mu, axis=1) - width
-        hi = np.max(mu, axis=1) + width
+
+        def cdf(t):
+            return np.einsum("nk,nk->n", w, family.cdf(t[:, None], mu, s, state))
+
+        # bracket: start a few scales around the means, then double outwards until it holds
+        spread = np.where(np.isfinite(s), s, np.asarray(state.get("expert_scale_", 1.0)) * 1e3)
+        width = 5.0 * np.max(spread, axis=1) + 1e-12
+        lo, hi = np.min(mu, axis=1) - width, np.max(mu, axis=1) + width
         if family.name == "poisson":
             lo = np.full_like(lo, -1.0)
+        for _ in range(200):
+            low_bad, high_bad = cdf(lo) >= q, cdf(hi) < q
+            if not (low_bad.any() or high_bad.any()):
+                break
+            lo = np.where(low_bad, lo - width, lo)
+            hi = np.where(high_bad, hi + width, hi)
+            width *= 2.0
         for _ in range(100):
             mid = 0.5 * (lo + hi)
-            F = np.einsum("nk,nk->n", w, family.cdf(mid[:, None], mu, s, state))
-            below = F < q
+            below = cdf(mid) < q
             lo = np.where(below, mid, lo)
             hi = np.where(below, hi, mid)
         return np.ceil(hi - 1e-9) if family.name == "poisson" else 0.5 * (lo + hi)
