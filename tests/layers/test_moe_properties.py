@@ -213,3 +213,19 @@ def test_torch_compile_matches_eager(router):
     g_out = torch.autograd.grad(out.sum(), x)[0]
     torch.testing.assert_close(out, eager)
     torch.testing.assert_close(g_out, g_eager)
+
+
+@pytest.mark.slow
+def test_torch_compile_default_backend_matches_eager_in_training():
+    """The default (inductor) backend, training mode, capacity drops: outputs and gradients."""
+    torch.manual_seed(0)
+    moe = MoELayer(16, 32, 4, 2, capacity_factor=1.25)
+    x = torch.randn(24, 16, requires_grad=True)
+    eager = moe(x)
+    g_eager = torch.autograd.grad((eager.sum() + moe.aux_loss), (x, moe.experts.w_in))
+    compiled = torch.compile(moe)
+    out = compiled(x)
+    g_out = torch.autograd.grad((out.sum() + moe.aux_loss), (x, moe.experts.w_in))
+    torch.testing.assert_close(out, eager, atol=1e-5, rtol=1e-5)
+    for a, b in zip(g_out, g_eager):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
