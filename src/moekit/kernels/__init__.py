@@ -36,7 +36,7 @@ def available_backends(device: str | torch.device = "cpu",
     reason = grouped_mm_status(device, dtype)
     status["grouped_mm"] = None if reason is None else f"runs as a loop of matmuls: {reason}"
     if importlib.util.find_spec("triton") is None:
-        status["triton"] = "not available: triton is not installed (pip install 'moekit[triton]')"
+        status["triton"] = "triton is not installed (pip install 'moekit[triton]')"
     else:
-        status["triton"] = "not available: moekit has no Triton kernels yet; grouped_mm is used"
+        status["triton"] = "moekit has no Triton kernels yet; grouped_mm is used"
     return status
