@@ -31,6 +31,7 @@ import warnings
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
@@ -74,7 +75,8 @@ def check_sample_weight(sample_weight: Any, n_samples: int) -> np.ndarray:
     if not np.all(np.isfinite(sw)) or np.any(sw < 0):
         raise ValueError("sample_weight must be finite and >= 0; remove NaN/inf/negative weights")
     if not np.any(sw > 0):
-        raise ValueError("sample_weight: every weight is zero; at least one row needs a positive weight")
+        raise ValueError(
+            "sample_weight: every weight is zero; at least one row needs a positive weight")
     return sw
 
 
@@ -257,7 +259,12 @@ class BaseMixtureOfExperts(BaseEstimator):
             n_iter += 1
         return state, history, converged, n_iter, n_reseeded, removed
 
-    def fit(self, X, y, sample_weight=None) -> BaseMixtureOfExperts:
+    def fit(
+        self,
+        X: ArrayLike,
+        y: ArrayLike,
+        sample_weight: ArrayLike | None = None,
+    ) -> BaseMixtureOfExperts:
         """Fit the mixture by EM (``n_init`` restarts, the best penalised likelihood kept).
 
         Parameters
@@ -273,21 +280,21 @@ class BaseMixtureOfExperts(BaseEstimator):
         """
         self._validate_params()
         warm = bool(self.warm_start) and hasattr(self, "gate_coefs_")
-        X, y = _sk_validate_data(self, X, y, reset=not warm, dtype=np.float64,
-                                 y_numeric=not self._is_classifier())
-        y_raw = y
-        y = self._prepare_y(y, reset=not warm)
-        sw = check_sample_weight(sample_weight, X.shape[0])
+        Xv, yv = _sk_validate_data(self, X, y, reset=not warm, dtype=np.float64,
+                                   y_numeric=not self._is_classifier())
+        y_raw = yv
+        yv = self._prepare_y(yv, reset=not warm)
+        sw = check_sample_weight(sample_weight, Xv.shape[0])
         K = int(np.prod(self._branching()))
-        if X.shape[0] < K:
+        if Xv.shape[0] < K:
             raise ValueError(
-                f"n_samples={X.shape[0]} is smaller than n_experts={K}; "
+                f"n_samples={Xv.shape[0]} is smaller than n_experts={K}; "
                 "use fewer experts or more rows")
         if not warm:
-            self.scale_floor_ = self._scale_floor(y, sw)
+            self.scale_floor_ = self._scale_floor(yv, sw)
         family = self._make_family()
         rng = check_random_state(self.random_state)
-        X1 = add_intercept(X)
+        X1 = add_intercept(Xv)
         self._gate_cache: dict = {}
         best = None
         for run in range(1 if warm else int(self.n_init)):
@@ -298,16 +305,16 @@ class BaseMixtureOfExperts(BaseEstimator):
             elif X1.shape[0] > _WARMUP_ABOVE:
                 sub = rng.choice(X1.shape[0], size=_WARMUP_ROWS, replace=False)
                 cache, self._gate_cache = self._gate_cache, {}
-                state = self._initialise(X1[sub], y[sub], sw[sub], family, rng)
+                state = self._initialise(X1[sub], yv[sub], sw[sub], family, rng)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)
-                    state = self._em(X1[sub], y[sub], sw[sub], family, state, rng,
+                    state = self._em(X1[sub], yv[sub], sw[sub], family, state, rng,
                                      max_iter=min(int(self.max_iter), 100),
                                      tol=max(float(self.tol), 1e-4))[0]
                 self._gate_cache = cache
             else:
-                state = self._initialise(X1, y, sw, family, rng)
-            result = self._em(X1, y, sw, family, state, rng)
+                state = self._initialise(X1, yv, sw, family, rng)
+            result = self._em(X1, yv, sw, family, state, rng)
             if self.verbose:
                 print(f"init {run}: penalised log-likelihood {result[1][-1]:.6f} "
                       f"after {result[3]} iterations")
@@ -328,12 +335,13 @@ class BaseMixtureOfExperts(BaseEstimator):
 
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # ill-conditioned information: reported as large SEs
-            self.covariance_ = fit_covariance(self, X, y_raw, sample_weight)
+            self.covariance_ = fit_covariance(self, Xv, y_raw, sample_weight)
         if n_reseeded or removed:
             warnings.warn(
                 f"{n_reseeded} collapsed expert(s) were re-seeded and {len(removed)} removed "
                 f"(experts {removed}); the data may support fewer than n_experts="
-                f"{int(np.prod(self._branching()))}: see n_reseeded_ and removed_experts_", UserWarning,
+                f"{int(np.prod(self._branching()))}: see n_reseeded_ and removed_experts_",
+                UserWarning,
                 stacklevel=2)
         if not converged:
             warnings.warn(
@@ -360,44 +368,55 @@ class BaseMixtureOfExperts(BaseEstimator):
         X1 = add_intercept(self._validate_X(X, reset=False))
         return X1, self._prepare_y(y, reset=False)
 
-    def gate_proba(self, X) -> np.ndarray:
+    def gate_proba(self, X: ArrayLike) -> np.ndarray:
         """Gate (prior) probability of each expert, shape (n_samples, n_experts_)."""
         check_is_fitted(self)
         X1 = add_intercept(self._validate_X(X, reset=False))
         return np.exp(tree_log_proba(X1, self.gate_coefs_))
 
-    def responsibilities(self, X, y) -> np.ndarray:
+    def responsibilities(self, X: ArrayLike, y: ArrayLike) -> np.ndarray:
         """Posterior probability of each expert given (x, y), shape (n_samples, n_experts_)."""
         X1, y = self._Xy(X, y)
         lj = self._log_joint(X1, y, self._get_state(), self._make_family())
         return np.exp(lj - logsumexp(lj, axis=1, keepdims=True))
 
-    def log_likelihood_samples(self, X, y) -> np.ndarray:
+    def log_likelihood_samples(self, X: ArrayLike, y: ArrayLike) -> np.ndarray:
         """Log-likelihood log p(y_i | x_i) of each row, shape (n_samples,)."""
         X1, y = self._Xy(X, y)
         return logsumexp(self._log_joint(X1, y, self._get_state(), self._make_family()), axis=1)
 
-    def log_likelihood(self, X, y, sample_weight=None) -> float:
+    def log_likelihood(
+        self,
+        X: ArrayLike,
+        y: ArrayLike,
+        sample_weight: ArrayLike | None = None,
+    ) -> float:
         """Total (weighted) log-likelihood of (X, y) under the fitted model (no penalty)."""
         ll = self.log_likelihood_samples(X, y)
         return float(np.sum(check_sample_weight(sample_weight, len(ll)) * ll))
 
-    def bic(self, X, y) -> float:
+    def bic(self, X: ArrayLike, y: ArrayLike) -> float:
         """Bayesian information criterion ``-2 log L + n_parameters_ log n`` (lower is better)."""
         ll = self.log_likelihood(X, y)
         return -2.0 * ll + self.n_parameters_ * np.log(len(self.log_likelihood_samples(X, y)))
 
-    def aic(self, X, y) -> float:
+    def aic(self, X: ArrayLike, y: ArrayLike) -> float:
         """Akaike information criterion ``-2 log L + 2 n_parameters_`` (lower is better)."""
         return -2.0 * self.log_likelihood(X, y) + 2.0 * self.n_parameters_
 
-    def icl(self, X, y) -> float:
+    def icl(self, X: ArrayLike, y: ArrayLike) -> float:
         """Integrated completed likelihood: BIC plus twice the responsibilities' entropy."""
         resp = self.responsibilities(X, y)
         entropy = -float(np.sum(resp * np.log(np.clip(resp, 1e-300, None))))
         return self.bic(X, y) + 2.0 * entropy
 
-    def summary(self, X=None, y=None, sample_weight=None, feature_names=None) -> str:
+    def summary(
+        self,
+        X: ArrayLike | None = None,
+        y: ArrayLike | None = None,
+        sample_weight: ArrayLike | None = None,
+        feature_names: list[str] | None = None,
+    ) -> str:
         """Text table of gate and expert coefficients with standard errors, z and p-values.
 
         Standard errors come from the observed information (minus the Hessian of the penalised
@@ -413,6 +432,11 @@ class BaseMixtureOfExperts(BaseEstimator):
 
         return summary_text(self, X, y, sample_weight, feature_names)
 
-    def fit_predict(self, X, y, sample_weight=None) -> np.ndarray:
+    def fit_predict(
+        self,
+        X: ArrayLike,
+        y: ArrayLike,
+        sample_weight: ArrayLike | None = None,
+    ) -> np.ndarray:
         """Fit, then predict on the same X; identical to ``fit(X, y).predict(X)``."""
         return self.fit(X, y, sample_weight=sample_weight).predict(X)  # type: ignore[attr-defined]

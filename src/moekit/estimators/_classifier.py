@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.base import ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
@@ -115,7 +116,7 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseMixtureOfExperts):
     def _y_for_kmeans(self, y) -> np.ndarray:
         return np.eye(len(self.classes_))[y]
 
-    def predict_proba(self, X) -> np.ndarray:
+    def predict_proba(self, X: ArrayLike) -> np.ndarray:
         """Class probabilities sum_k g_k(x) p_k(c | x), shape (n_samples, n_classes)."""
         check_is_fitted(self)
         X1 = add_intercept(self._validate_X(X, reset=False))
@@ -123,11 +124,11 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseMixtureOfExperts):
         pc = np.exp(self._make_family().class_log_proba(X1, self._get_state()))
         return np.einsum("nk,nkc->nc", g, pc)
 
-    def predict_log_proba(self, X) -> np.ndarray:
+    def predict_log_proba(self, X: ArrayLike) -> np.ndarray:
         """Log of :meth:`predict_proba`."""
         return np.log(np.clip(self.predict_proba(X), 1e-300, None))
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X: ArrayLike) -> np.ndarray:
         """Most probable class, shape (n_samples,)."""
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]

@@ -217,7 +217,8 @@ def tree_m_step(
             h_a = node_mass[:, a]
             targets = mass[:, a, :] / np.maximum(h_a, 1e-300)[:, None]
             w = sample_weight * h_a
-            exact = X1.shape[0] * ((coef.shape[1] - 1) * X1.shape[1]) ** 2 <= _EXACT_HESSIAN_MAX_WORK
+            work = X1.shape[0] * ((coef.shape[1] - 1) * X1.shape[1]) ** 2
+            exact = work <= _EXACT_HESSIAN_MAX_WORK
             out[a] = multinomial_logit_newton(
                 X1, targets, w, coef[a], alpha, max_iter=max_iter if exact else 1,
                 cache=cache if len(gate_coefs) == 1 else None,

@@ -1,10 +1,11 @@
-"""MixtureOfExpertsRegressor: Gaussian / Student-t / Poisson / scikit-learn experts, softmax gate."""
+"""MixtureOfExpertsRegressor: Gaussian, Student-t, Poisson or scikit-learn experts; softmax gate."""
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.base import RegressorMixin
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
@@ -187,7 +188,7 @@ class MixtureOfExpertsRegressor(RegressorMixin, BaseMixtureOfExperts):
         return self.gate_coefs_[0][0]
 
     # ------------------------------------------------------------------------ predicting
-    def predict_distribution(self, X) -> PredictiveDistribution:
+    def predict_distribution(self, X: ArrayLike) -> PredictiveDistribution:
         """Mixture weights, means and scales of p(y | x) for every row.
 
         Parameters
@@ -205,12 +206,12 @@ class MixtureOfExpertsRegressor(RegressorMixin, BaseMixtureOfExperts):
         means, scales = self._make_family().mean_scale(X1, self._get_state())
         return PredictiveDistribution(weights, means, scales)
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X: ArrayLike) -> np.ndarray:
         """Mixture mean E[y | x] = sum_k g_k(x) mean_k(x), shape (n_samples,)."""
         w, mu, _ = self.predict_distribution(X)
         return np.einsum("nk,nk->n", w, mu)
 
-    def predict_interval(self, X, alpha: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    def predict_interval(self, X: ArrayLike, alpha: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
         """Central ``1 - alpha`` predictive interval from the mixture quantiles.
 
         The quantiles ``alpha/2`` and ``1 - alpha/2`` of the mixture CDF are found by
@@ -265,7 +266,12 @@ class MixtureOfExpertsRegressor(RegressorMixin, BaseMixtureOfExperts):
         return isinstance(self.expert, str) and self.expert == "linear"
 
     @available_if(lambda self: self._online_ok())
-    def partial_fit(self, X, y, sample_weight=None) -> MixtureOfExpertsRegressor:
+    def partial_fit(
+        self,
+        X: ArrayLike,
+        y: ArrayLike,
+        sample_weight: ArrayLike | None = None,
+    ) -> MixtureOfExpertsRegressor:
         """One step of online (stepwise) EM on a minibatch (Gaussian linear experts only).
 
         See :func:`moekit.estimators._online.online_step`: running sufficient statistics
