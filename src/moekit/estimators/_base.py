@@ -20,8 +20,12 @@ numpy array, a number, a string, or a list of those, so a generic saver can roun
 - ``classes_`` (classifier), ``scale_floor_``, ``n_features_in_``, ``feature_names_in_``,
   ``n_experts_``, ``n_parameters_``, ``n_iter_``, ``converged_``, ``lower_bound_``,
   ``loglik_history_`` (list of float), ``n_reseeded_``, ``removed_experts_`` (list of int),
-  ``n_samples_seen_`` (online EM), ``branching_`` (list of int), ``covariance_`` (n_free,
+  ``branching_`` (list of int), ``covariance_`` (n_free,
   n_free) covariance of the free parameters, shape (0, 0) when not computed at fit time.
+- online EM (``partial_fit``) adds ``suff_h_`` (K,), ``suff_xx_`` (K, d, d), ``suff_xy_``
+  (K, d), ``suff_yy_`` (K,), ``n_samples_seen_`` (float), ``n_batches_`` (int).
+
+Private attributes (leading underscore) are scratch space during ``fit`` and deleted after it.
 """
 
 from __future__ import annotations

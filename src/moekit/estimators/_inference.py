@@ -23,7 +23,7 @@ from ._gate import logsumexp, tree_score
 AUTO_SE_MAX_WORK = 5e6
 
 
-def _split(est) -> Any:
+def _family_for_se(est) -> Any:
     fam = est._make_family()
     if fam.name == "sklearn":
         raise ValueError("standard errors are not defined for expert=<scikit-learn estimator>; "
@@ -33,7 +33,7 @@ def _split(est) -> Any:
 
 def pack(est, state: dict[str, Any]) -> np.ndarray:
     """Free parameters of ``state`` as one vector (see module docstring for the order)."""
-    fam = _split(est)
+    fam = _family_for_se(est)
     parts = [c[:, 1:, :].ravel() for c in state["gate_coefs_"]]
     parts += [fam.get_free(state, k) for k in range(est.n_experts_)]
     return np.concatenate(parts)
@@ -41,7 +41,7 @@ def pack(est, state: dict[str, Any]) -> np.ndarray:
 
 def unpack(est, theta: np.ndarray, state: dict[str, Any]) -> dict[str, Any]:
     """Inverse of :func:`pack`, writing into copies of the arrays of ``state``."""
-    fam = _split(est)
+    fam = _family_for_se(est)
     new = {k: ([a.copy() for a in v] if isinstance(v, list) else np.array(v, copy=True))
            for k, v in state.items()}
     i = 0
@@ -57,7 +57,7 @@ def unpack(est, theta: np.ndarray, state: dict[str, Any]) -> dict[str, Any]:
 
 
 def parameter_names(est, feature_names=None) -> list[str]:
-    fam = _split(est)
+    fam = _family_for_se(est)
     p = est.n_features_in_
     if feature_names is None:
         feature_names = getattr(est, "feature_names_in_", [f"x{j}" for j in range(p)])

@@ -95,6 +95,18 @@ class MixtureOfExpertsRegressor(RegressorMixin, BaseMixtureOfExperts):
         Free parameters (for BIC/AIC); for sklearn experts counts gate and scales only.
     scale_floor_ : float
         Lower bound on expert scales (1e-4 of the weighted sd of y); hitting it is a collapse.
+    covariance_ : ndarray of shape (n_free, n_free)
+        Inverse observed information of the free parameters (see ``summary``); shape (0, 0)
+        when not computed at fit time (n_samples * n_parameters_ > 5e6, or sklearn experts).
+    suff_h_, suff_xx_, suff_xy_, suff_yy_, n_samples_seen_, n_batches_
+        Running sufficient statistics of online EM (only after ``partial_fit``).
+
+    Notes
+    -----
+    Above 200,000 rows each initialisation first runs EM on a random 50,000-row subsample,
+    then continues on all rows; the gate's Newton step then uses the exact Hessian on an evenly
+    strided subset of rows, with the gradient and step-halving on every row, so the penalised
+    log-likelihood still never decreases. Memory stays O(n_samples * n_experts).
 
     Examples
     --------
