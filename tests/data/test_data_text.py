@@ -10,10 +10,8 @@ import torch
 
 from moekit.data.text import (
     CharTokenizer,
-    iter_lm_batches,
     lm_splits,
     load_kjv,
-    sample_lm_batch,
 )
 
 
@@ -78,22 +76,25 @@ def test_lm_splits_are_contiguous_and_complete() -> None:
         lm_splits(text, val_fraction=1.0)
 
 
-def test_batches_are_shifted_windows_and_deterministic() -> None:
+def test_token_batches_are_shifted_windows_and_deterministic() -> None:
+    from moekit.train.batches import TokenBatches
+
     ids = torch.arange(1000)
-    a = list(iter_lm_batches(ids, batch_size=4, block_size=16, seed=3, num_batches=5))
-    b = list(iter_lm_batches(ids, batch_size=4, block_size=16, seed=3, num_batches=5))
-    c = list(iter_lm_batches(ids, batch_size=4, block_size=16, seed=4, num_batches=5))
-    assert len(a) == 5
-    for (xa, ya), (xb, yb) in zip(a, b):
+    a = TokenBatches(ids, batch_size=4, block_size=16, seed=3)
+    b = TokenBatches(ids, batch_size=4, block_size=16, seed=3)
+    c = TokenBatches(ids, batch_size=4, block_size=16, seed=4)
+    for i in range(5):
+        (xa, ya), (xb, yb) = a.batch(i), b.batch(i)
         assert xa.shape == ya.shape == (4, 16)
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
         assert torch.equal(ya, xa + 1)  # ids are arange, so the target is the next id
-    assert not all(torch.equal(xa, xc) for (xa, _), (xc, _) in zip(a, c))
+    assert not all(torch.equal(a.batch(i)[0], c.batch(i)[0]) for i in range(5))
 
 
-def test_batch_errors() -> None:
-    g = torch.Generator().manual_seed(0)
-    with pytest.raises(ValueError, match="block_size=20 needs at least 21 tokens"):
-        sample_lm_batch(torch.arange(10), batch_size=2, block_size=20, generator=g)
-    with pytest.raises(ValueError, match="batch_size=0"):
-        sample_lm_batch(torch.arange(10), batch_size=0, block_size=2, generator=g)
+def test_token_batch_errors() -> None:
+    from moekit.train.batches import TokenBatches
+
+    with pytest.raises(ValueError, match="10 tokens are too few for block_size=20"):
+        TokenBatches(torch.arange(10), batch_size=2, block_size=20, seed=0)
+    with pytest.raises(ValueError, match="batch_size=0 must be >= 1"):
+        TokenBatches(torch.arange(10), batch_size=0, block_size=2, seed=0)

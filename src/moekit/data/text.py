@@ -15,7 +15,7 @@ import gzip
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -29,10 +29,8 @@ if TYPE_CHECKING:
 __all__ = [
     "CharTokenizer",
     "LMSplits",
-    "iter_lm_batches",
     "lm_splits",
     "load_kjv",
-    "sample_lm_batch",
 ]
 
 _KJV_RESOURCE = "kjv.txt.gz"
@@ -258,97 +256,3 @@ def lm_splits(
             "each split needs at least 2 tokens; pass a longer text"
         )
     return LMSplits(train=ids[: len(ids) - n_val], val=ids[len(ids) - n_val :], tokenizer=tok)
-
-
-def _check_batch_args(ids: torch.Tensor, batch_size: int, block_size: int) -> None:
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
-    if block_size < 1:
-        raise ValueError(f"block_size={block_size} must be >= 1")
-    if ids.ndim != 1:
-        raise ValueError(f"ids must be 1-D token ids (N,), got shape {tuple(ids.shape)}")
-    if len(ids) < block_size + 1:
-        raise ValueError(
-            f"block_size={block_size} needs at least {block_size + 1} tokens, the split has "
-            f"{len(ids)}; lower block_size or use more text"
-        )
-
-
-def sample_lm_batch(
-    ids: torch.Tensor,
-    *,
-    batch_size: int,
-    block_size: int,
-    generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw ``batch_size`` random windows of ``block_size`` tokens and their next-token targets.
-
-    Parameters
-    ----------
-    ids : torch.Tensor of shape (N,), int64
-        One split, e.g. ``LMSplits.train``.
-    batch_size, block_size : int
-        B and T.
-    generator : torch.Generator
-        Source of the window offsets; seed it for a reproducible stream.
-
-    Returns
-    -------
-    x, y : torch.Tensor of shape (B, T), int64
-        ``y[b, t] == x[b, t + 1]`` within a window: targets are inputs shifted by one.
-
-    Examples
-    --------
-    >>> import torch
-    >>> ids = torch.arange(100)
-    >>> x, y = sample_lm_batch(ids, batch_size=4, block_size=8,
-    ...                        generator=torch.Generator().manual_seed(0))
-    >>> x.shape, bool((y[:, :-1] == x[:, 1:]).all())
-    (torch.Size([4, 8]), True)
-    """
-    import torch
-
-    _check_batch_args(ids, batch_size, block_size)
-    starts = torch.randint(0, len(ids) - block_size, (batch_size,), generator=generator)
-    offsets = torch.arange(block_size + 1)
-    windows = ids[starts[:, None] + offsets[None, :]]  # (B, T + 1)
-    return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
-
-
-def iter_lm_batches(
-    ids: torch.Tensor,
-    *,
-    batch_size: int,
-    block_size: int,
-    seed: int = 0,
-    num_batches: int | None = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield ``(x, y)`` batches of shape (B, T); the same ``seed`` gives the same stream.
-
-    Parameters
-    ----------
-    ids : torch.Tensor of shape (N,)
-    batch_size, block_size : int
-    seed : int, default=0
-    num_batches : int or None, default=None
-        Stop after this many batches; ``None`` never stops.
-
-    Examples
-    --------
-    >>> import torch
-    >>> batches = list(iter_lm_batches(torch.arange(50), batch_size=2, block_size=4,
-    ...                                seed=1, num_batches=3))
-    >>> len(batches), tuple(batches[0][0].shape)
-    (3, (2, 4))
-    """
-    import torch
-
-    _check_batch_args(ids, batch_size, block_size)
-    if num_batches is not None and num_batches < 0:
-        raise ValueError(f"num_batches={num_batches} must be >= 0 or None")
-    generator = torch.Generator().manual_seed(seed)
-    produced = 0
-    while num_batches is None or produced < num_batches:
-        yield sample_lm_batch(ids, batch_size=batch_size, block_size=block_size,
-                              generator=generator)
-        produced += 1

@@ -38,6 +38,9 @@ class TokenBatches:
     def __init__(self, tokens: torch.Tensor, *, block_size: int, batch_size: int, seed: int) -> None:
         if tokens.dim() != 1:
             raise ValueError(f"tokens must be 1-D, got shape {tuple(tokens.shape)}")
+        for name, value in (("block_size", block_size), ("batch_size", batch_size)):
+            if value < 1:
+                raise ValueError(f"{name}={value} must be >= 1")
         if len(tokens) < block_size + 2:
             raise ValueError(f"{len(tokens)} tokens are too few for block_size={block_size}; "
                              "use more text or a smaller block_size")
