@@ -92,7 +92,6 @@ def resolve(args: argparse.Namespace) -> BenchConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
 
     from moekit.bench import format_record, run_benchmark
 
@@ -103,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(str(err)) from None
     print(format_record(record))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(record, f, indent=2)
+        from moekit._files import atomic_write_json
+
+        atomic_write_json(args.json, record, indent=2)
         print(f"wrote {args.json}")
     return 0

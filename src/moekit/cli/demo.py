@@ -165,7 +165,13 @@ def _language_model_part(out: Path, plots: Path, steps: int, args: argparse.Name
     spec = parse_experiment(raw, source="moekit demo")
     print(f"[2/2] sparse MoE language model vs its dense twin, {steps} steps each", flush=True)
     results = run_experiment(spec)
-    from moekit.viz import Section, Table, plot_expert_load, plot_routing_heatmap, plot_training_curves
+    from moekit.viz import (
+        Section,
+        Table,
+        plot_expert_load,
+        plot_routing_heatmap,
+        plot_training_curves,
+    )
 
     histories = {name: _read_metrics(out / "lm" / name / "metrics.jsonl") for name in results}
     curves_png = plot_training_curves(histories, plots / "lm_curves.png",

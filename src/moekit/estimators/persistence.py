@@ -22,18 +22,18 @@ leaves any previous file at that path as it was.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
 import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from moekit._files import atomic_open
 
 __all__ = [
     "FORMAT",
@@ -307,20 +307,9 @@ def save_model(
     npz = io.BytesIO()
     np.savez(npz, **encoder.arrays)  # type: ignore[arg-type]
 
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            with zipfile.ZipFile(raw, "w") as archive:
-                archive.writestr(_JSON_MEMBER, json_bytes, compress_type=zipfile.ZIP_DEFLATED)
-                archive.writestr(_NPZ_MEMBER, npz.getvalue(), compress_type=zipfile.ZIP_STORED)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as raw, zipfile.ZipFile(raw, "w") as archive:
+        archive.writestr(_JSON_MEMBER, json_bytes, compress_type=zipfile.ZIP_DEFLATED)
+        archive.writestr(_NPZ_MEMBER, npz.getvalue(), compress_type=zipfile.ZIP_STORED)
     return path
 
 

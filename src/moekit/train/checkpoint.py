@@ -33,6 +33,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from moekit._files import atomic_write_text, fsync_path
+
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
@@ -130,12 +132,6 @@ def _join_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]
 
 # --- atomic file helpers ---------------------------------------------------------------------
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -147,27 +143,13 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     safetensors.torch.save_file(tensors, str(path))
-    _fsync_path(path)
+    fsync_path(path)
 
 
 def _save_model(path: Path, model: nn.Module) -> None:
     # save_model drops the duplicate names of tied weights, which save_file refuses.
     safetensors.torch.save_model(model, str(path))
-    _fsync_path(path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_path(path.parent)
+    fsync_path(path)
 
 
 # --- public API --------------------------------------------------------------------------------
@@ -256,7 +238,7 @@ def save_checkpoint(
         if scaler is not None and scaler.is_enabled():
             state["scaler"] = scaler.state_dict()
         _write_json(tmp / STATE_FILE, state)
-        _fsync_path(tmp)
+        fsync_path(tmp)
         if final.exists():  # a stale checkpoint of the same step (e.g. from a run resumed earlier)
             trash = Path(tempfile.mkdtemp(dir=root, prefix=f".old-{final.name}-"))
             os.replace(final, trash / final.name)
@@ -264,11 +246,11 @@ def save_checkpoint(
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(tmp, final)
-        _fsync_path(root)
+        fsync_path(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _atomic_write_text(root / LATEST_FILE, final.name + "\n")
+    atomic_write_text(root / LATEST_FILE, final.name + "\n")
     if keep is not None:
         for old in list_checkpoints(root)[:-keep]:
             if old != final:

@@ -41,6 +41,7 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10
     import tomli as tomllib
 
+from moekit._files import atomic_write_json
 from moekit.models import (
     AudioClassifier,
     AudioClassifierConfig,
@@ -427,11 +428,11 @@ def run_experiment(spec: ExperimentSpec, *, resume: bool = False, progress: IO[s
     if spec.dense_baseline:
         summary = {name: json.loads((out / name / "results.json").read_text(encoding="utf-8"))
                    for name in results}
-        (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-        (out / "config.json").write_text(json.dumps(
-            {"kind": spec.kind, "model": spec.model, "dense_baseline": True,
-             "dataset": spec.dataset, "data": spec.data, "train": dataclasses.asdict(spec.train),
-             "source": spec.source}, indent=1) + "\n", encoding="utf-8")
+        atomic_write_json(out / "results.json", summary)
+        atomic_write_json(out / "config.json", {
+            "kind": spec.kind, "model": spec.model, "dense_baseline": True,
+            "dataset": spec.dataset, "data": spec.data, "train": dataclasses.asdict(spec.train),
+            "source": spec.source})
     return results
 
 

@@ -10,7 +10,6 @@ forwards, and evaluation runs under ``model.eval()`` and ``torch.no_grad()`` so 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import random
 import signal
@@ -29,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moekit._files import atomic_write_json
 from moekit.layers import total_aux_loss
 from moekit.models.params import count_parameters
 from moekit.train.batches import BatchSource
@@ -261,7 +261,7 @@ def train(
         start_step, last_checkpoint = state.step, found
         truncate_metrics(metrics_path, start_step)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(saved_config, indent=1) + "\n", encoding="utf-8")
+    atomic_write_json(out / "config.json", saved_config)
 
     writer = MetricsWriter(metrics_path)
     display = Progress(config.steps, log_every=config.log_every, stream=progress,
@@ -376,7 +376,7 @@ def train(
                "final_val_loss": val_loss, "parameters_total": total, "parameters_active": active,
                "elapsed_s": elapsed, "device": device.type,
                "precision": str(autocast_dtype).removeprefix("torch.") if autocast_dtype else "fp32"}
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    atomic_write_json(out / "results.json", results)
     result = TrainResult(model_name=model_name, step=step, train_losses=losses,
                          final_val_loss=val_loss, output_dir=out, checkpoint=last_checkpoint,
                          elapsed_s=elapsed)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from moekit._files import atomic_open
 
 
 def to_numpy(x: Any, name: str, *, ndim: int | tuple[int, ...] | None = None) -> np.ndarray:
@@ -31,28 +30,6 @@ def to_numpy(x: Any, name: str, *, ndim: int | tuple[int, ...] | None = None) ->
     return arr
 
 
-@contextmanager
-def atomic_open(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
-    """Open a temporary binary file beside ``path``; on success it replaces ``path`` in one step.
-
-    If the body raises, the temporary file is removed and any previous ``path`` stays as it was.
-    """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(
-            f"cannot write {path}: folder {path.parent} does not exist; create it first"
-        )
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 110) -> Path:
     """Render ``fig`` as PNG to ``path`` atomically; return the path."""
     path = Path(path)
@@ -64,7 +41,7 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 110) ->
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically; return the path."""
     path = Path(path)
-    with atomic_open(path) as fh:
+    with atomic_open(path) as fh:  # looked up here, so tests can make it fail
         fh.write(text.encode("utf-8"))
     return path
 
