@@ -146,8 +146,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 
-# Rows up to which `moekit fit` computes standard errors itself when the estimator skipped them.
-SE_AUTO_MAX_ROWS = 20_000
+# rows x parameters up to which `moekit fit` computes standard errors itself when the estimator
+# skipped them (the observed information costs about 2 * n_parameters gradient passes: ~10 s here).
+SE_AUTO_MAX_WORK = 2e6
 
 
 def _summary(estimator: Any, X: Any, y: Any, feature_names: list[str], force_se: bool) -> str:
@@ -155,10 +156,11 @@ def _summary(estimator: Any, X: Any, y: Any, feature_names: list[str], force_se:
     covariance = getattr(estimator, "covariance_", None)
     if covariance is not None and getattr(covariance, "size", 0) > 0:
         return str(estimator.summary(feature_names=feature_names))
-    if force_se or len(X) <= SE_AUTO_MAX_ROWS:
+    if force_se or len(X) * getattr(estimator, "n_parameters_", 0) <= SE_AUTO_MAX_WORK:
         try:
             return str(estimator.summary(X, y, feature_names=feature_names))
         except TypeError:  # an estimator whose summary takes no data
             return str(estimator.summary(feature_names=feature_names))
-    return (f"(summary table skipped: standard errors were not computed at fit time for "
-            f"{len(X)} rows; pass --se to compute them)")
+    return (f"(summary table skipped: standard errors for {len(X)} rows and "
+            f"{getattr(estimator, 'n_parameters_', '?')} parameters take a while; pass --se to "
+            "compute them)")

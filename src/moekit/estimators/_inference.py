@@ -20,7 +20,7 @@ from ._base import add_intercept, check_sample_weight
 from ._gate import logsumexp, tree_score
 
 # fit() computes covariance_ only while n_samples * n_parameters_ stays below this.
-AUTO_SE_MAX_WORK = 5e6
+AUTO_SE_MAX_WORK = 2.5e5  # ~ a second; summary(X, y) computes them for larger fits
 
 
 def _family_for_se(est) -> Any:
