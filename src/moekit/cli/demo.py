@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", default="moekit-demo", metavar="DIR",
                         help="folder for the report, plots and runs (default: ./moekit-demo)")
     parser.add_argument("--steps", type=int, default=None, metavar="N",
-                        help="training steps of each language model (default: 150; 12 with --quick)")
+                        help="training steps of each language model (default: 600; 12 with --quick)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes for a smoke run (well under a minute)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    steps = args.steps if args.steps is not None else (12 if args.quick else 150)
+    steps = args.steps if args.steps is not None else (12 if args.quick else 600)
     if steps < 1:
         raise CLIError(f"--steps={steps} must be >= 1")
     out = Path(args.output).resolve()
@@ -155,8 +155,8 @@ def _language_model_part(out: Path, plots: Path, steps: int, args: argparse.Name
                   "d_model": 32 if quick else 64, "n_layers": 1 if quick else 2, "n_heads": 4,
                   "d_ff": 32 if quick else 64, "block_size": 32 if quick else 64,
                   "dense_baseline": True},
-        "data": {"dataset": "kjv", "max_chars": 20_000 if quick else 200_000},
-        "train": {"steps": steps, "batch_size": 8 if quick else 16, "lr": 3e-3,
+        "data": {"dataset": "kjv", "max_chars": 20_000 if quick else "none"},
+        "train": {"steps": steps, "batch_size": 8 if quick else 32, "lr": 3e-3,
                   "warmup_steps": max(1, steps // 10), "eval_every": max(1, steps // 3),
                   "eval_batches": 2 if quick else 4, "checkpoint_every": steps,
                   "log_every": max(1, steps // 10), "seed": args.seed, "device": args.device,
