@@ -26,7 +26,7 @@ X, y, _ = make_moe_regression(60, 2, 2, random_state=0)
         ({"n_init": 0}, ValueError, r"n_init=0 must be >= 1"),
         ({"max_iter": 0}, ValueError, r"max_iter=0 must be >= 1"),
         ({"tol": -1e-3}, ValueError, r"tol=-0.001 must be >= 0"),
-        ({"init": "pca"}, ValueError, r"init='pca' is not supported; use one of \['kmeans'"),
+        ({"init": "pca"}, ValueError, r"init='pca' is not supported; use one of \['auto', 'kmeans'"),
         ({"expert": "ridge"}, ValueError,
          r"expert='ridge' is not supported; use one of \['linear', 'poisson', 'student_t'\]"),
         ({"expert": 3}, TypeError, r"expert=3 is neither a name nor an estimator"),

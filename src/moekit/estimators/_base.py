@@ -51,10 +51,12 @@ except ImportError:  # pragma: no cover - older scikit-learn
         return est._validate_data(*args, **kwargs)
 
 
-_INITS = ("kmeans", "kmeans_xy", "random")
-# Above this many rows each initialisation first runs EM on a random subsample of _WARMUP_ROWS
-# rows (tol at least 1e-4, at most 100 iterations), then continues on all rows: far fewer
-# full-data iterations.
+_INITS = ("auto", "kmeans", "kmeans_xy", "random")
+# init="auto": restart r uses _AUTO_CYCLE[r % 3], so three restarts try each strategy once.
+_AUTO_CYCLE = ("kmeans", "kmeans_xy", "random")
+# Above this many rows the n_init restarts run EM on one random subsample of _WARMUP_ROWS rows
+# (tol at least 1e-4, at most 100 iterations) and only the best continues on all rows: far
+# fewer full-data iterations, and restarts cost a subsample fit each.
 _WARMUP_ABOVE = 200_000
 _WARMUP_ROWS = 50_000
 
@@ -172,12 +174,13 @@ class BaseMixtureOfExperts(BaseEstimator):
     # ------------------------------------------------------------------------- fitting
     def _initial_resp(self, X, y, sw, K, rng) -> np.ndarray:
         n = X.shape[0]
-        if self.init == "random" or n < 2 * K:
+        method = self.init if self.init != "auto" else _AUTO_CYCLE[self._restart % len(_AUTO_CYCLE)]
+        if method == "random" or n < 2 * K:
             return rng.dirichlet(np.ones(K), size=n)
         from sklearn.cluster import KMeans
 
         Z = (X - X.mean(0)) / np.maximum(X.std(0), 1e-12)
-        if self.init == "kmeans_xy":
+        if method == "kmeans_xy":
             Y = self._y_for_kmeans(y)
             Z = np.column_stack([Z, (Y - Y.mean(0)) / np.maximum(Y.std(0), 1e-12)])
         sub = rng.choice(n, size=min(n, 50_000), replace=False)
@@ -301,22 +304,37 @@ class BaseMixtureOfExperts(BaseEstimator):
         X1 = add_intercept(Xv)
         self._gate_cache: dict = {}
         best = None
-        for run in range(1 if warm else int(self.n_init)):
+        large = not warm and X1.shape[0] > _WARMUP_ABOVE
+        starts = [None] if large else range(1 if warm else int(self.n_init))
+        if large:
+            # Large data: every restart runs on one random subsample; only the best of them
+            # continues on all rows (restarts cost a subsample fit each, not a full fit).
+            sub = rng.choice(X1.shape[0], size=_WARMUP_ROWS, replace=False)
+            cache, self._gate_cache = self._gate_cache, {}
+            sub_best = None
+            for restart in range(int(self.n_init)):
+                self._current_branching = self._branching()
+                self._restart = restart
+                state = self._initialise(X1[sub], yv[sub], sw[sub], family, rng)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    sub_result = self._em(X1[sub], yv[sub], sw[sub], family, state, rng,
+                                          max_iter=min(int(self.max_iter), 100),
+                                          tol=max(float(self.tol), 1e-4))
+                if sub_best is None or sub_result[1][-1] > sub_best[1][-1]:
+                    sub_best = sub_result
+            self._gate_cache = cache
+            assert sub_best is not None  # n_init >= 1 was validated
+            large_start = sub_best[0]
+        for run, _ in enumerate(starts):
             previous: list[int] = getattr(self, "branching_", [])
             self._current_branching = tuple(previous) if warm else self._branching()
             if warm:
                 state = self._get_state()
-            elif X1.shape[0] > _WARMUP_ABOVE:
-                sub = rng.choice(X1.shape[0], size=_WARMUP_ROWS, replace=False)
-                cache, self._gate_cache = self._gate_cache, {}
-                state = self._initialise(X1[sub], yv[sub], sw[sub], family, rng)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)
-                    state = self._em(X1[sub], yv[sub], sw[sub], family, state, rng,
-                                     max_iter=min(int(self.max_iter), 100),
-                                     tol=max(float(self.tol), 1e-4))[0]
-                self._gate_cache = cache
+            elif large:
+                state = large_start
             else:
+                self._restart = run
                 state = self._initialise(X1, yv, sw, family, rng)
             result = self._em(X1, yv, sw, family, state, rng)
             if self.verbose:
@@ -335,6 +353,7 @@ class BaseMixtureOfExperts(BaseEstimator):
         self.n_reseeded_, self.removed_experts_ = int(n_reseeded), [int(r) for r in removed]
         self.n_parameters_ = int(self._count_parameters())
         del self._current_branching, self._gate_cache
+        self.__dict__.pop("_restart", None)
         from ._inference import fit_covariance
 
         with np.errstate(all="ignore"), warnings.catch_warnings():

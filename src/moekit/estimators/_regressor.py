@@ -53,10 +53,14 @@ class MixtureOfExpertsRegressor(RegressorMixin, BaseMixtureOfExperts):
         L2 penalty on the gate's non-intercept coefficients (on the summed log-likelihood).
     expert_alpha : float, default=0.0
         L2 penalty on each expert's non-intercept coefficients.
-    n_init : int, default=1
-        Number of EM runs from different initialisations; the best likelihood is kept.
-    init : {"kmeans", "kmeans_xy", "random"}, default="kmeans"
-        Initial responsibilities: k-means on standardised X, on (X, y), or Dirichlet noise.
+    n_init : int, default=3
+        Number of EM runs from different initialisations; the best likelihood is kept. Above
+        200,000 rows the restarts run on a 50,000-row subsample and only the best continues
+        on all rows.
+    init : {"auto", "kmeans", "kmeans_xy", "random"}, default="auto"
+        Initial responsibilities: k-means on standardised X, on (X, y), or Dirichlet noise;
+        ``"auto"`` cycles through the three across restarts (EM has local maxima, and each
+        strategy finds different ones).
     max_iter : int, default=200
         Maximum EM iterations per run.
     tol : float, default=1e-6
@@ -103,8 +107,8 @@ class MixtureOfExpertsRegressor(RegressorMixin, BaseMixtureOfExperts):
 
     Notes
     -----
-    Above 200,000 rows each initialisation first runs EM on a random 50,000-row subsample,
-    then continues on all rows; the gate's Newton step then uses the exact Hessian on an evenly
+    Above 200,000 rows the restarts run EM on a random 50,000-row subsample and the best of
+    them continues on all rows; the gate's Newton step then uses the exact Hessian on an evenly
     strided subset of rows, with the gradient and step-halving on every row, so the penalised
     log-likelihood still never decreases. Memory stays O(n_samples * n_experts).
 
@@ -128,8 +132,8 @@ class MixtureOfExpertsRegressor(RegressorMixin, BaseMixtureOfExperts):
         expert: Any = "linear",
         gate_alpha: float = 1.0,
         expert_alpha: float = 0.0,
-        n_init: int = 1,
-        init: str = "kmeans",
+        n_init: int = 3,
+        init: str = "auto",
         max_iter: int = 200,
         tol: float = 1e-6,
         warm_start: bool = False,
