@@ -70,3 +70,26 @@ def test_inf_input_gives_nonfinite_rows_only():
     x[1, 0] = float("inf")
     y = moe(x)
     assert torch.isfinite(y[[0, 2, 3, 4, 5]]).all()
+
+
+def test_input_dtype_must_match_parameters_outside_autocast():
+    moe = MoELayer(16, 32, 4, 2)
+    with pytest.raises(TypeError, match=r"dtype torch.bfloat16 but the layer's parameters are "
+                                        r"torch.float32; convert the layer"):
+        moe(torch.randn(3, 16, dtype=torch.bfloat16))
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+def test_autocast_runs_both_backends_in_the_autocast_dtype(x_dtype):
+    torch.manual_seed(0)
+    moe = MoELayer(16, 32, 4, 2).eval()
+    x = torch.randn(40, 16, dtype=x_dtype)
+    outs = {}
+    for backend in ("grouped_mm", "loop"):
+        moe.backend = backend
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outs[backend] = moe(x).float()
+    torch.testing.assert_close(outs["grouped_mm"], outs["loop"], atol=3e-2, rtol=3e-2)
+    with torch.no_grad():
+        exact = moe(x.float())
+    assert (outs["grouped_mm"] - exact).abs().max() > 0  # the matmuls really ran in bfloat16

@@ -96,3 +96,12 @@ def test_balance_loss_is_differentiable(kind):
     loss = r.balance_loss(out)
     loss.backward()
     assert torch.isfinite(loss) and r.weight.grad is not None
+
+
+def test_router_maths_stays_float32_under_autocast():
+    r = make("topk")
+    x = torch.randn(4, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = r(x)
+    assert out.logits_TE.dtype == torch.float32
+    torch.testing.assert_close(out.logits_TE, x @ r.weight.detach().t())  # no bf16 rounding

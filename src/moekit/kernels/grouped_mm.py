@@ -149,3 +149,30 @@ grouped_mm.register_autograd(_backward, setup_context=_setup_context)
 def grouped_mm_status(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> str | None:
     """Why the native grouped matmul is unavailable for ``device`` and ``dtype``; None if it runs."""
     return _native_reason(torch.device(device).type, dtype)
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype active for ``device_type``, or None when autocast is off."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 took no argument (CUDA only)
+        enabled = device_type == "cuda" and torch.is_autocast_enabled()
+    if not enabled:
+        return None
+    try:
+        return torch.get_autocast_dtype(device_type)
+    except AttributeError:  # older torch
+        return torch.get_autocast_gpu_dtype() if device_type == "cuda" else torch.bfloat16
+
+
+def grouped_matmul(x_RD: torch.Tensor, w_EDF: torch.Tensor, offsets_E: torch.Tensor,
+                   full: bool = False) -> torch.Tensor:
+    """:func:`grouped_mm` that follows ``torch.autocast`` like ``torch.matmul`` does.
+
+    Custom ops are not cast by autocast, so under an active autocast both operands are cast to
+    its dtype here (on CUDA that also makes the native bf16 kernel usable).
+    """
+    dtype = _autocast_dtype(x_RD.device.type)
+    if dtype is not None:
+        x_RD, w_EDF = x_RD.to(dtype), w_EDF.to(dtype)
+    return grouped_mm(x_RD, w_EDF, offsets_E, full)

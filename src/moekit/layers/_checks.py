@@ -42,3 +42,18 @@ def check_input(x: torch.Tensor, d_model: int, layer: str) -> None:
 def router_dtype(dtype: torch.dtype) -> torch.dtype:
     """Precision of router maths and of the combine: float32, or float64 for float64 inputs."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_dtype_matches(x: torch.Tensor, param: torch.Tensor, layer: str) -> None:
+    """Outside autocast, the input must have the parameters' dtype (else matmuls fail deep inside)."""
+    if x.dtype == param.dtype:
+        return
+    from moekit.kernels.grouped_mm import _autocast_dtype
+
+    if _autocast_dtype(x.device.type) is not None:
+        return
+    raise TypeError(
+        f"{layer} input x has dtype {x.dtype} but the layer's parameters are {param.dtype}; "
+        f"convert the layer with layer.to({x.dtype}), the input with x.to({param.dtype}), "
+        "or run under torch.autocast"
+    )

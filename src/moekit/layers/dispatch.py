@@ -29,7 +29,7 @@ from typing import Literal, get_args
 
 import torch
 
-from moekit.kernels.grouped_mm import grouped_mm
+from moekit.kernels.grouped_mm import grouped_matmul
 from moekit.layers._checks import router_dtype
 from moekit.layers.experts import GroupedExperts, ModuleExperts
 
@@ -158,7 +158,7 @@ def grouped_backend(x_TD: torch.Tensor, indices_TK: torch.Tensor, weights_TK: to
         0, order_S, torch.arange(S, device=x_TD.device)).view(T, K)
     x_RD = _GatherRows.apply(x_TD, token_R, rank_TK, keep_TK)
     out_RD = experts.forward_grouped(x_RD, offsets_E, expert_R.clamp(max=E - 1),
-                                     lambda a, w, o: grouped_mm(a, w, o, full))
+                                     lambda a, w, o: grouped_matmul(a, w, o, full))
     acc = router_dtype(x_TD.dtype)
     w_R = weights_TK.reshape(-1)[row_order_R].to(acc)
     if not full:

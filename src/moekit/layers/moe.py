@@ -21,7 +21,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from moekit.layers._checks import check_choice, check_input, check_positive_int
+from moekit.layers._checks import (
+    check_choice,
+    check_dtype_matches,
+    check_input,
+    check_positive_int,
+)
 from moekit.layers.dispatch import (
     BACKEND_NAMES,
     DROP_POLICIES,
@@ -172,6 +177,9 @@ class MoELayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.d_model, "MoELayer")
+        expert_param = next(self.experts.parameters(), None)
+        if expert_param is not None:
+            check_dtype_matches(x, expert_param, "MoELayer")
         x_TD = x.reshape(-1, self.d_model)
         T, E = x_TD.shape[0], self.num_experts
         routing = self.router(x_TD)

@@ -152,6 +152,11 @@ class Router(nn.Module):
             self.register_buffer("expert_bias", torch.zeros(E, dtype=torch.float32))
 
     def forward(self, x_TD: torch.Tensor) -> Routing:
+        # float32 even under torch.autocast, which would otherwise run the linear in bf16/fp16
+        with torch.autocast(device_type=x_TD.device.type, enabled=False):
+            return self._route(x_TD)
+
+    def _route(self, x_TD: torch.Tensor) -> Routing:
         cfg = self.config
         dt = router_dtype(x_TD.dtype)
         logits_TE = F.linear(x_TD.to(dt), self.weight.to(dt))

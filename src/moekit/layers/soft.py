@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moekit.layers._checks import check_input, check_positive_int, router_dtype
+from moekit.layers._checks import check_dtype_matches, check_input, check_positive_int, router_dtype
 from moekit.layers.experts import Activation, GroupedExperts
 
 
@@ -51,6 +51,7 @@ class SoftMoE(nn.Module):
 
     def forward(self, x_BND: torch.Tensor) -> torch.Tensor:
         check_input(x_BND, self.d_model, "SoftMoE")
+        check_dtype_matches(x_BND, self.phi, "SoftMoE")
         if x_BND.dim() != 3:
             raise ValueError(
                 f"SoftMoE input x has shape {tuple(x_BND.shape)}; it must be (batch, tokens, "
