@@ -28,6 +28,13 @@ def test_report_prints_the_path(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "data:image/png;base64," in (run / "report.html").read_text()
 
 
+def test_report_of_a_relative_run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _run_folder(tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "run"]) == 0  # used to look for run/run/report_plots/*.png
+    assert "data:image/png;base64," in (tmp_path / "run" / "report.html").read_text()
+
+
 def test_report_output_and_both(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = _run_folder(tmp_path / "run")
     target = tmp_path / "summary.html"

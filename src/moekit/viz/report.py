@@ -149,9 +149,9 @@ def write_report(
     >>> [p.name for p in paths]
     ['report.html', 'report.md']
     """
-    root = Path(run_dir)
+    root = Path(run_dir).absolute()  # relative image paths below are relative to this folder
     if not root.is_dir():
-        raise FileNotFoundError(f"run_dir={str(root)!r} is not an existing folder")
+        raise FileNotFoundError(f"run_dir={str(run_dir)!r} is not an existing folder")
     resolved: list[Section] = []
     images: dict[Path, bytes] = {}
     for sec in sections:
@@ -292,7 +292,7 @@ def build_report_from_run(
     >>> [p.name for p in build_report_from_run(d, fmt="html")]
     ['report.html']
     """
-    root = Path(run_dir)
+    root = Path(run_dir).absolute()
     if not root.exists():
         raise FileNotFoundError(
             f"run folder {str(root)!r} does not exist; pass the folder a training run wrote "
