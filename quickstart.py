@@ -73,8 +73,9 @@ def has_torch(py: Path) -> bool:
 
 def ensure_env(extras: str) -> Path:
     py = venv_python()
-    if not py.exists():
-        check([sys.executable, "-m", "venv", VENV])
+    if not py.exists() and run([sys.executable, "-m", "venv", VENV]) != 0:
+        sys.exit("quickstart: could not create .venv; on Debian/Ubuntu install the venv module "
+                 "first (apt install python3-venv), then run this command again")
     stamp = VENV / f".moekit-{extras or 'base'}"
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if stamp.exists() and stamp.read_text() == digest and has_torch(py):
@@ -88,6 +89,8 @@ def ensure_env(extras: str) -> Path:
 
 
 def main(argv: list[str]) -> int:
+    if sys.version_info < (3, 10):  # noqa: UP036 - this script is run by whatever python3 is
+        sys.exit(f"quickstart: moekit needs Python >= 3.10, this is {sys.version.split()[0]}")
     if not argv or argv[0] not in ("demo", "test", "setup"):
         print(__doc__)
         return 2
