@@ -143,3 +143,12 @@ def test_failed_report_write_keeps_previous(tmp_path: Path, monkeypatch: pytest.
         build_report_from_run(run, fmt="html")
     assert html.read_bytes() == before
     assert not list(run.glob(".*.tmp"))
+
+
+def test_preformatted_text_keeps_its_layout(tmp_path: Path) -> None:
+    from moekit.viz import Section, write_report
+
+    table = "parameter   coef\nexpert 0    1.5 <x>"
+    html_path, md_path = write_report(tmp_path, "t", [Section(title="s", preformatted=table)])
+    assert "<pre>parameter   coef\nexpert 0    1.5 &lt;x&gt;</pre>" in html_path.read_text()
+    assert "```\nparameter   coef\nexpert 0    1.5 <x>\n```" in md_path.read_text()

@@ -122,9 +122,10 @@ def _statistical_part(plots: Path, seed: int, quick: bool) -> Any:
     rmse_ols = float(np.sqrt(np.mean((ols.predict(X_te) - y_te) ** 2)))
     lo, hi = best.predict_interval(Z_te, alpha=0.1)
     coverage = float(np.mean((y_te >= lo) & (y_te <= hi)))
+    plural = "s" if best.n_experts_ != 1 else ""
     bic_rows = [{"experts": k, "BIC": v} for k, v in sorted(selection.scores.items())]
     result_rows = [
-        {"model": f"MoE, {best.n_experts_} expert(s) (BIC's choice)", "held-out RMSE": rmse_moe,
+        {"model": f"MoE, {best.n_experts_} expert{plural} (BIC's choice)", "held-out RMSE": rmse_moe,
          "90% interval coverage": coverage},
         {"model": "ordinary least squares", "held-out RMSE": rmse_ols, "90% interval coverage": None},
     ]
@@ -136,8 +137,9 @@ def _statistical_part(plots: Path, seed: int, quick: bool) -> Any:
               "experts split the input at the regime change and the predictive interval widens "
               "where the gate is unsure. On the plane, the gate's regions match the true ones. "
               f"On the health table ({len(table.y)} patients, {len(table.feature_names)} features, "
-              "target: disease progression after one year) BIC chooses the number of experts.\n\n"
-              + summary),
+              "target: disease progression after one year) BIC chooses the number of experts; "
+              "the summary of its choice, with standard errors, follows."),
+        preformatted=summary,
         tables=[Table(rows=bic_rows, caption="BIC by number of experts (health table, lower is better)"),
                 Table(rows=result_rows, caption=f"Held-out error on {len(y_te)} patients")],
         images=[fit_png, regions_png],

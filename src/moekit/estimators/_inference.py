@@ -160,7 +160,8 @@ def summary_text(est, X=None, y=None, sample_weight=None, feature_names=None) ->
     p = 2 * stats.norm.sf(np.abs(z))
     names = parameter_names(est, feature_names)
     width = max(len(n) for n in names) + 2
-    head = (f"{type(est).__name__}: {est.n_experts_} experts ({est._make_family().name}), "
+    plural = "s" if est.n_experts_ != 1 else ""
+    head = (f"{type(est).__name__}: {est.n_experts_} expert{plural} ({est._make_family().name}), "
             f"n_features={est.n_features_in_}, n_parameters={est.n_parameters_}\n"
             f"penalised log-likelihood {est.lower_bound_:.4f}, iterations {est.n_iter_}, "
             f"converged {est.converged_}\n")

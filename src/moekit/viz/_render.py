@@ -21,7 +21,9 @@ h1 { border-bottom: 2px solid #446; padding-bottom: .3rem; }
 h2 { margin-top: 2.2rem; color: #335; }
 p.meta { color: #777; font-size: .9rem; }
 table { border-collapse: collapse; margin: .8rem 0 1.2rem; font-size: .9rem; }
-caption { text-align: left; font-weight: 600; padding-bottom: .3rem; }
+caption { text-align: left; font-weight: 600; padding-bottom: .3rem; white-space: nowrap; }
+pre { background: #f6f6fa; border: 1px solid #dde; padding: .6rem .8rem; overflow-x: auto;
+      font-size: .82rem; line-height: 1.3; }
 th, td { border: 1px solid #ccd; padding: .25rem .6rem; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 th { background: #eef; }
@@ -109,6 +111,8 @@ def render_html(title: str, subtitle: str, sections: Sequence[Section],
     for sec in sections:
         out.append(f"<h2>{html.escape(sec.title)}</h2>")
         out.extend(f"<p>{html.escape(p)}</p>" for p in _paragraphs(sec.text))
+        if sec.preformatted:
+            out.append(f"<pre>{html.escape(sec.preformatted.rstrip())}</pre>")
         out.extend(_html_table(t) for t in sec.tables)
         for img in sec.images:
             data = base64.b64encode(images[Path(img)]).decode("ascii")
@@ -131,6 +135,8 @@ def render_markdown(title: str, subtitle: str, sections: Sequence[Section],
         out.extend([f"## {sec.title}", ""])
         for p in _paragraphs(sec.text):
             out.extend([p, ""])
+        if sec.preformatted:
+            out.extend(["```", sec.preformatted.rstrip(), "```", ""])
         for t in sec.tables:
             out.extend([_md_table(t), ""])
         for img in sec.images:

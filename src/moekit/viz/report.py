@@ -90,6 +90,9 @@ class Section:
         PNG files; relative paths are taken relative to the report's ``run_dir``.
     notes : sequence of str
         Short remarks shown as a list (what was missing, what was skipped).
+    preformatted : str
+        Text shown as is, in a fixed-width block after the paragraphs (e.g. an estimator's
+        ``summary()`` table).
     """
 
     title: str
@@ -97,6 +100,7 @@ class Section:
     tables: Sequence[Table] = ()
     images: Sequence[str | os.PathLike[str]] = ()
     notes: Sequence[str] = ()
+    preformatted: str = ""
 
 
 def _output_paths(run_dir: Path, output: str | os.PathLike[str] | None,
@@ -163,7 +167,7 @@ def write_report(
                 raise FileNotFoundError(f"image {p} of section {sec.title!r} does not exist")
             images[p] = p.read_bytes()
         resolved.append(Section(title=sec.title, text=sec.text, tables=sec.tables,
-                                images=paths, notes=sec.notes))
+                                images=paths, notes=sec.notes, preformatted=sec.preformatted))
     from moekit import __version__
 
     stamp = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
