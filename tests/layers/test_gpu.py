@@ -45,3 +45,19 @@ def test_native_grouped_mm_status_on_cuda_bf16():
     # Informational on older GPUs; on Hopper (sm90) torch._grouped_mm runs natively.
     if torch.cuda.get_device_capability() >= (9, 0):
         assert status["grouped_mm"] is None, status
+
+
+def test_grouped_path_has_no_host_sync_on_cuda():
+    if available_backends("cuda", torch.bfloat16)["grouped_mm"] is not None:
+        pytest.skip("native grouped_mm unavailable on this GPU: the fallback syncs by design")
+    torch.manual_seed(0)
+    moe = MoELayer(256, 512, 8, 2, capacity_factor=1.25).cuda().to(torch.bfloat16)
+    x = torch.randn(512, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    moe(x)  # warm-up (the availability probe may sync once)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        y = moe(x)
+        y.float().sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
