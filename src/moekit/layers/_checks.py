@@ -57,3 +57,14 @@ def check_dtype_matches(x: torch.Tensor, param: torch.Tensor, layer: str) -> Non
         f"convert the layer with layer.to({x.dtype}), the input with x.to({param.dtype}), "
         "or run under torch.autocast"
     )
+
+
+def count_values(values: torch.Tensor, n: int) -> torch.Tensor:
+    """How often each of ``0 .. n-1`` occurs in ``values`` (int64, shape (n,)).
+
+    ``torch.bincount`` would do, but on CUDA it reads the maximum back to the host (a sync);
+    a scatter-add into a fixed-size buffer does not. Values outside ``[0, n)`` must not occur.
+    """
+    flat = values.reshape(-1)
+    return torch.zeros(n, dtype=torch.int64, device=values.device).scatter_add_(
+        0, flat, torch.ones_like(flat, dtype=torch.int64))

@@ -30,7 +30,7 @@ from typing import Literal, get_args
 import torch
 
 from moekit.kernels.grouped_mm import grouped_matmul
-from moekit.layers._checks import router_dtype
+from moekit.layers._checks import count_values, router_dtype
 from moekit.layers.experts import GroupedExperts, ModuleExperts
 
 Backend = Literal["loop", "grouped_mm"]
@@ -68,7 +68,7 @@ def capacity_keep(indices_TK: torch.Tensor, weights_TK: torch.Tensor, num_expert
         perm_P = torch.arange(T * K, device=indices_TK.device)
     order_P = perm_P[_sort_by_expert(key_P[perm_P])]
     key_sorted_P = key_P[order_P]
-    counts = torch.bincount(key_P, minlength=num_experts + 1)
+    counts = count_values(key_P, num_experts + 1)
     starts = torch.cumsum(counts, 0) - counts
     rank_P = torch.arange(T * K, device=indices_TK.device) - starts[key_sorted_P]
     keep_sorted_P = (rank_P < cap) & (key_sorted_P < num_experts)
@@ -152,7 +152,7 @@ def grouped_backend(x_TD: torch.Tensor, indices_TK: torch.Tensor, weights_TK: to
     row_order_R = order_S[:R]
     token_R = torch.div(row_order_R, K, rounding_mode="floor")
     expert_R = key_S[row_order_R]
-    counts_E = torch.bincount(key_S, minlength=E + 1)[:E]
+    counts_E = count_values(key_S, E + 1)[:E]
     offsets_E = torch.cumsum(counts_E, 0).to(torch.int32)
     rank_TK = torch.empty_like(order_S).scatter_(
         0, order_S, torch.arange(S, device=x_TD.device)).view(T, K)

@@ -26,6 +26,7 @@ from moekit.layers._checks import (
     check_dtype_matches,
     check_input,
     check_positive_int,
+    count_values,
 )
 from moekit.layers.dispatch import (
     BACKEND_NAMES,
@@ -226,8 +227,7 @@ def _routing_stats(indices_TK: torch.Tensor, keep_TK: torch.Tensor | None, probs
     if keep_TK is None:
         keep_TK = torch.ones_like(indices_TK, dtype=torch.bool)
     kept_TK = torch.where(keep_TK, indices_TK, -1)
-    tokens_E = torch.bincount(torch.where(keep_TK, indices_TK, num_experts).reshape(-1),
-                              minlength=num_experts + 1)[:num_experts]
+    tokens_E = count_values(torch.where(keep_TK, indices_TK, num_experts), num_experts + 1)[:num_experts]
     load_E = tokens_E.float() / tokens_E.sum().clamp_min(1).float()
     if kind == "expert_choice":
         requested = keep_TK.shape[0]

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moekit.layers import losses
-from moekit.layers._checks import check_choice, check_positive_int, router_dtype
+from moekit.layers._checks import check_choice, check_positive_int, count_values, router_dtype
 
 RouterKind = Literal["topk", "switch", "noisy_topk", "sigmoid_bias", "expert_choice"]
 ROUTERS: tuple[str, ...] = get_args(RouterKind)
@@ -228,7 +228,7 @@ class Router(nn.Module):
         A batch with a non-finite logit leaves the bias as it was (no host sync: a masked update).
         """
         E = self.config.num_experts
-        load_E = torch.bincount(indices_TK.reshape(-1), minlength=E)[:E].float()
+        load_E = count_values(indices_TK, E).float()
         step_E = self.config.bias_update_rate * torch.sign(load_E.mean() - load_E)
         finite = torch.isfinite(logits_TE).all()
         self.expert_bias.add_(torch.where(finite, step_E, torch.zeros_like(step_E)))
@@ -256,7 +256,7 @@ class Router(nn.Module):
                 1, routing.indices_TK, routing.weights_TK)
             load_E = routing.load_E
             if load_E is None:
-                load_E = torch.bincount(routing.indices_TK.reshape(-1), minlength=E)[:E].float()
+                load_E = count_values(routing.indices_TK, E).float()
             return losses.importance_load_loss(gates_TE, load_E)
         probs_TE = routing.probs_TE
         if kind == "sigmoid_bias":  # DeepSeek-V3's complementary loss uses normalised scores
