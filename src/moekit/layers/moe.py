@@ -38,7 +38,14 @@ from moekit.layers.dispatch import (
     run_experts,
 )
 from moekit.layers.experts import Activation, FeedForward, GroupedExperts, ModuleExperts
-from moekit.layers.routing import Router, RouterConfig, RouterKind, expert_choice_capacity
+from moekit.layers.losses import router_z_loss
+from moekit.layers.routing import (
+    Router,
+    RouterConfig,
+    RouterKind,
+    Routing,
+    expert_choice_capacity,
+)
 
 
 @dataclass
@@ -205,13 +212,11 @@ class MoELayer(nn.Module):
         self.stats = _routing_stats(routing.indices_TK, keep_TK, routing.probs_TE, E, kind)
         return y_TD.view(x.shape)
 
-    def _aux_loss(self, routing) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    def _aux_loss(self, routing: Routing) -> torch.Tensor:
         loss = routing.logits_TE.new_zeros(())
         if self.aux_loss_weight > 0:
             loss = loss + self.aux_loss_weight * self.router.balance_loss(routing)
         if self.z_loss_weight > 0:
-            from moekit.layers.losses import router_z_loss
-
             loss = loss + self.z_loss_weight * router_z_loss(routing.logits_TE)
         return loss
 
@@ -249,7 +254,7 @@ def total_aux_loss(model: nn.Module) -> torch.Tensor:
     """
     total: torch.Tensor | None = None
     for module in model.modules():
-        loss = getattr(module, "aux_loss", None) if isinstance(module, (MoELayer,)) else None
+        loss = module.aux_loss if isinstance(module, MoELayer) else None
         if loss is not None:
             total = loss if total is None else total + loss
     if total is None:
