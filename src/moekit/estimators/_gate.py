@@ -119,6 +119,10 @@ def multinomial_logit_newton(
             if cache is not None:
                 cache[key] = bound_cho
         use_bound = True
+    if not use_bound:  # the rows' outer products x_i x_i' do not change between steps
+        Xh = X1[rows]
+        XX = (Xh[:, :, None] * Xh[:, None, :]).reshape(len(Xh), d * d)
+        wh = weights[rows] * w_scale
     for _ in range(max_iter):
         P = np.exp(logp)
         resid = (targets - P)[:, 1:] * weights[:, None]
@@ -127,11 +131,9 @@ def multinomial_logit_newton(
             step = linalg.cho_solve(bound_cho, grad)
         else:
             # all (C-1)^2 blocks sum_i W_ijk x_i x_i' in one GEMM: (n, (C-1)^2)' @ (n, d^2)
-            Xh, Ph = X1[rows], P[rows, 1:]
-            wh = weights[rows] * w_scale
+            Ph = P[rows, 1:]
             W = -(Ph * wh[:, None])[:, :, None] * Ph[:, None, :]
             W[:, np.arange(C - 1), np.arange(C - 1)] += Ph * wh[:, None]
-            XX = (Xh[:, :, None] * Xh[:, None, :]).reshape(len(Xh), d * d)
             H = (W.reshape(len(Xh), -1).T @ XX).reshape(C - 1, C - 1, d, d)
             H = np.ascontiguousarray(H.transpose(0, 2, 1, 3).reshape(m, m))
             H[np.diag_indices(m)] += pen + jitter
