@@ -257,12 +257,11 @@ def copy_experts_from_transformers(hf_experts: nn.Module, experts: GroupedExpert
     >>> torch.equal(ours.w_up[1], hf.gate_up_proj[1, 8:].T)
     True
     """
-    w_gate, w_up, w_down = _grouped_weights(hf_experts, experts)
+    _check_grouped(hf_experts, experts)
     hf: Any = hf_experts
-    F_ = experts.d_ff
-    w_gate.copy_(hf.gate_up_proj[:, :F_].transpose(1, 2))
-    w_up.copy_(hf.gate_up_proj[:, F_:].transpose(1, 2))
-    w_down.copy_(hf.down_proj.transpose(1, 2))
+    # both store [gate | up]: moekit's w_in (E, D, 2F) is gate_up_proj (E, 2F, D) transposed
+    experts.w_in.copy_(hf.gate_up_proj.transpose(1, 2))
+    experts.w_down.copy_(hf.down_proj.transpose(1, 2))
 
 
 @torch.no_grad()
@@ -283,16 +282,13 @@ def copy_experts_to_transformers(experts: GroupedExperts, hf_experts: nn.Module)
     >>> torch.equal(hf.down_proj[2], ours.w_down[2].T)
     True
     """
-    w_gate, w_up, w_down = _grouped_weights(hf_experts, experts)
+    _check_grouped(hf_experts, experts)
     hf: Any = hf_experts
-    F_ = experts.d_ff
-    hf.gate_up_proj[:, :F_].copy_(w_gate.transpose(1, 2))
-    hf.gate_up_proj[:, F_:].copy_(w_up.transpose(1, 2))
-    hf.down_proj.copy_(w_down.transpose(1, 2))
+    hf.gate_up_proj.copy_(experts.w_in.transpose(1, 2))
+    hf.down_proj.copy_(experts.w_down.transpose(1, 2))
 
 
-def _grouped_weights(hf_experts: nn.Module, experts: GroupedExperts,
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _check_grouped(hf_experts: nn.Module, experts: GroupedExperts) -> None:
     if not isinstance(experts, GroupedExperts):
         raise TypeError(f"experts is a {type(experts).__name__}; pass moekit GroupedExperts "
                         "(moe_layer.experts of a layer built without experts=[...])")
@@ -309,7 +305,6 @@ def _grouped_weights(hf_experts: nn.Module, experts: GroupedExperts,
             "cannot hold transformers' gated bias-free experts; use activation='swiglu' or "
             "'geglu' and bias=False"
         )
-    return experts.w_gate, experts.w_up, experts.w_down
 
 
 @torch.no_grad()
