@@ -40,13 +40,13 @@ from __future__ import annotations
 import datetime as _dt
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from moekit.viz import _render, _runs
+from moekit.viz._document import Section, Table
 from moekit.viz._io import write_text_atomic
 
 __all__ = ["RunFolderError", "Section", "Table", "build_report_from_run", "write_report"]
@@ -56,51 +56,6 @@ ReportFormat = Literal["html", "md", "both"]
 
 class RunFolderError(ValueError):
     """A run folder that exists but holds nothing a report can be made from."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class Table:
-    """A table of results.
-
-    Attributes
-    ----------
-    rows : sequence of mapping
-        One mapping per row, column name -> value; floats are shown to 4 significant digits.
-    caption : str
-    columns : sequence of str or None
-        Column order; ``None`` takes the keys of the rows in first-seen order.
-    """
-
-    rows: Sequence[Mapping[str, Any]]
-    caption: str = ""
-    columns: Sequence[str] | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class Section:
-    """One section of a report.
-
-    Attributes
-    ----------
-    title : str
-    text : str
-        Plain text; blank lines separate paragraphs (HTML special characters are escaped).
-    tables : sequence of Table
-    images : sequence of path-like
-        PNG files; relative paths are taken relative to the report's ``run_dir``.
-    notes : sequence of str
-        Short remarks shown as a list (what was missing, what was skipped).
-    preformatted : str
-        Text shown as is, in a fixed-width block after the paragraphs (e.g. an estimator's
-        ``summary()`` table).
-    """
-
-    title: str
-    text: str = ""
-    tables: Sequence[Table] = ()
-    images: Sequence[str | os.PathLike[str]] = ()
-    notes: Sequence[str] = ()
-    preformatted: str = ""
 
 
 def _output_paths(run_dir: Path, output: str | os.PathLike[str] | None,
