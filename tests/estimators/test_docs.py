@@ -1,13 +1,16 @@
-"""The Examples sections of the public docstrings run."""
+"""The Examples sections of the public docstrings run; the surface and the docs are in step."""
 
 from __future__ import annotations
 
 import doctest
 import importlib
+import re
+from pathlib import Path
 
 import pytest
 
-MODULES = ["_regressor", "_classifier", "_hierarchical", "_selection", "datasets"]
+MODULES = ["_regressor", "_classifier", "_hierarchical", "_selection", "datasets", "persistence"]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -23,7 +26,23 @@ def test_public_surface():
     assert sorted(est.__all__) == [
         "HierarchicalMixtureOfExpertsRegressor", "MixtureOfExpertsClassifier",
         "MixtureOfExpertsRegressor", "NExpertsSelection", "PredictiveDistribution",
-        "make_moe_regression", "select_n_experts"]
+        "load_model", "make_moe_regression", "save_model", "select_n_experts"]
+
+
+def test_cli_contract_parameters_are_there():
+    """The parameter names `moekit fit` relies on (see docs/estimators.md)."""
+    from moekit.estimators import (
+        HierarchicalMixtureOfExpertsRegressor,
+        MixtureOfExpertsClassifier,
+        MixtureOfExpertsRegressor,
+    )
+
+    contract = {"expert", "gate_alpha", "expert_alpha", "n_init", "init", "max_iter", "tol",
+                "warm_start", "random_state", "verbose", "standardize"}
+    for cls in (MixtureOfExpertsRegressor, MixtureOfExpertsClassifier):
+        assert contract | {"n_experts"} <= set(cls().get_params())
+    assert contract | {"branching"} <= set(HierarchicalMixtureOfExpertsRegressor().get_params())
+    assert MixtureOfExpertsRegressor().standardize is False
 
 
 def test_estimators_never_import_torch():
@@ -32,3 +51,19 @@ def test_estimators_never_import_torch():
 
     code = "import sys, moekit.estimators; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_estimator_docs_cite_only_existing_files_and_real_attributes():
+    import moekit.estimators as est
+
+    text = (ROOT / "docs" / "estimators.md").read_text()
+    for path in re.findall(r"`((?:src|tests|benchmarks|docs|examples)/[\w./-]+)`", text):
+        assert (ROOT / path).exists(), path
+    m = est.MixtureOfExpertsRegressor(2, random_state=0)
+    X, y, _ = est.make_moe_regression(200, 2, 2, random_state=0)
+    m.fit(X, y)
+    for attr in re.findall(r"`(\w+_)`", text):
+        assert hasattr(m, attr) or hasattr(est.MixtureOfExpertsClassifier, attr) or attr in (
+            "conformity_scores_", "classes_", "expert_df_", "experts_", "suff_h_",
+            "feature_names_in_",
+            "n_samples_seen_", "n_batches_"), attr

@@ -26,6 +26,7 @@ X, y, _ = make_moe_regression(60, 2, 2, random_state=0)
         ({"n_init": 0}, ValueError, r"n_init=0 must be >= 1"),
         ({"max_iter": 0}, ValueError, r"max_iter=0 must be >= 1"),
         ({"tol": -1e-3}, ValueError, r"tol=-0.001 must be >= 0"),
+        ({"gate_alpha": float("nan")}, ValueError, r"gate_alpha=nan must be finite"),
         ({"init": "pca"}, ValueError, r"init='pca' is not supported; use one of \['auto', 'kmeans'"),
         ({"expert": "ridge"}, ValueError,
          r"expert='ridge' is not supported; use one of \['linear', 'poisson', 'student_t'\]"),
@@ -88,6 +89,43 @@ def test_hierarchical_branching():
 def test_selection_criterion():
     with pytest.raises(ValueError, match=r"criterion='r2' is not supported; use one of"):
         select_n_experts(X, y, [1, 2], criterion="r2")
+
+
+def test_selection_in_scikit_learn_argument_order_is_a_clear_type_error():
+    """S3-16: select_n_experts(est, X, y) used to die in float()."""
+    with pytest.raises(TypeError, match=r"got an estimator \(MixtureOfExpertsRegressor\) as X: "
+                                        r"the data come first .* select_n_experts\(X, y, "
+                                        r"estimator=est\)"):
+        select_n_experts(MixtureOfExpertsRegressor(), X, y)
+    with pytest.raises(TypeError, match=r"estimator=3 is not an estimator"):
+        select_n_experts(X, y, estimator=3)
+
+
+@pytest.mark.parametrize(("kwargs", "exc", "message"), [
+    ({"se": "bootstrap"}, ValueError, r"se='bootstrap' is not supported; use one of \['auto'"),
+    ({"level": 1.5}, ValueError, r"level=1.5 must be < 1"),
+    ({"feature_names": ["a"]}, ValueError, r"feature_names has 1 names but the model has 2 "
+                                           r"features"),
+])
+def test_summary_frame_arguments(kwargs, exc, message):
+    m = MixtureOfExpertsRegressor(2, random_state=0).fit(X, y)
+    with pytest.raises(exc, match=message):
+        m.summary_frame(**kwargs)
+
+
+def test_standardize_must_be_a_bool():
+    with pytest.raises(TypeError, match=r"standardize='yes' must be True or False"):
+        MixtureOfExpertsRegressor(2, standardize="yes").fit(X, y)
+
+
+def test_sklearn_experts_have_no_standard_errors():
+    from sklearn.tree import DecisionTreeRegressor
+
+    m = MixtureOfExpertsRegressor(2, expert=DecisionTreeRegressor(max_depth=2), random_state=0,
+                                  n_init=1).fit(X, y)
+    with pytest.raises(ValueError, match=r"standard errors are not defined for "
+                                         r"expert=<scikit-learn estimator>"):
+        m.summary()
 
 
 def test_partial_fit_only_for_linear_experts():

@@ -151,3 +151,48 @@ def test_failed_save_leaves_previous_file_intact(data, tmp_path: Path, monkeypat
     assert os.listdir(tmp_path) == ["m.moekit"]  # the temporary file was removed
     monkeypatch.undo()
     np.testing.assert_array_equal(load_model(path).predict(X), first.predict(X))
+
+
+def test_feature_names_default_to_feature_names_in_and_come_back(data, tmp_path: Path) -> None:
+    """S3-15: a model fitted on a DataFrame kept no names, so `moekit predict` refused it."""
+    pd = pytest.importorskip("pandas")
+    X, y = data
+    frame = pd.DataFrame(X, columns=["age", "bmi", "dose"])
+    model = MixtureOfExpertsRegressor(2, random_state=0).fit(frame, y)
+    path = save_model(model, tmp_path / "m.moekit")
+    assert read_model_info(path)["feature_names"] == ["age", "bmi", "dose"]
+    loaded = load_model(path)
+    assert list(loaded.feature_names_in_) == ["age", "bmi", "dose"]
+    np.testing.assert_array_equal(loaded.predict(frame), model.predict(frame))
+    with pytest.raises(ModelFileError, match="feature_names has 2 names but the model has 3"):
+        save_model(model, tmp_path / "n.moekit", feature_names=["a", "b"])
+
+
+def test_calibration_and_standardisation_round_trip(data, tmp_path: Path) -> None:
+    X, y = data
+    model = MixtureOfExpertsRegressor(2, random_state=0, standardize=True).fit(X[:200], y[:200])
+    model.calibrate_intervals(X[200:], y[200:])
+    loaded = load_model(save_model(model, tmp_path / "m.moekit"))
+    for a, b in zip(loaded.predict_interval(X, method="conformal"),
+                    model.predict_interval(X, method="conformal")):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(loaded.x_scale_, model.x_scale_)
+    # standard errors are recomputed from data after loading, identically
+    np.testing.assert_allclose(loaded.summary_frame(X[:200], y[:200])["std_err"],
+                               model.summary_frame()["std_err"], rtol=1e-10)
+
+
+def test_files_that_stored_covariance_still_load(data, tmp_path: Path) -> None:
+    """Older files hold covariance_ as an attribute; it is now computed on demand."""
+    X, y = data
+    path = save_model(MixtureOfExpertsRegressor(2, random_state=0).fit(X, y), tmp_path / "m.moekit")
+    with zipfile.ZipFile(path) as archive:
+        document = json.loads(archive.read("model.json"))
+        npz = archive.read("arrays.npz")
+    document["estimator"]["attributes"]["covariance_"] = 1.5
+    with zipfile.ZipFile(tmp_path / "old.moekit", "w") as archive:
+        archive.writestr("model.json", json.dumps(document))
+        archive.writestr("arrays.npz", npz)
+    loaded = load_model(tmp_path / "old.moekit")
+    with pytest.raises(AttributeError, match=r"summary\(X, y\)"):
+        loaded.covariance_

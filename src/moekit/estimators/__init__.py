@@ -6,6 +6,11 @@
 - :class:`HierarchicalMixtureOfExpertsRegressor`: a tree of gates (Jordan & Jacobs 1994).
 - :func:`select_n_experts`: choose K by BIC / AIC / ICL.
 - :func:`make_moe_regression`: synthetic data with known parameters.
+- :func:`save_model`, :func:`load_model`: one pickle-free file per fitted model
+  (:mod:`moekit.estimators.persistence`).
+
+See ``docs/estimators.md`` for the model in statisticians' terms, the defaults, and how the
+standard errors and intervals are computed.
 """
 
 from ._classifier import MixtureOfExpertsClassifier
@@ -13,6 +18,7 @@ from ._hierarchical import HierarchicalMixtureOfExpertsRegressor
 from ._regressor import MixtureOfExpertsRegressor, PredictiveDistribution
 from ._selection import NExpertsSelection, select_n_experts
 from .datasets import make_moe_regression
+from .persistence import load_model, save_model
 
 __all__ = [
     "HierarchicalMixtureOfExpertsRegressor",
@@ -20,6 +26,8 @@ __all__ = [
     "MixtureOfExpertsRegressor",
     "NExpertsSelection",
     "PredictiveDistribution",
+    "load_model",
     "make_moe_regression",
+    "save_model",
     "select_n_experts",
 ]

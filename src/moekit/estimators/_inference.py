@@ -1,177 +1,277 @@
-"""Standard errors from the observed information, and the ``summary()`` table.
+"""Standard errors: the observed information, and the covariance a penalised fit deserves.
 
-The free parameters are packed into one vector: every gate level's non-reference rows, then
-for each expert its own free parameters (coefficients, then log(scale) for Gaussian and
-Student-t experts; Student-t degrees of freedom are held fixed). The gradient of the observed
-log-likelihood is analytic (Fisher's identity: sum_i sum_k h_ik d/dtheta log[g_k p_k]); the
-observed information is minus its Jacobian, taken by central differences of that analytic
-gradient, which agrees with the true Hessian to ~1e-7 relative. L2 penalties are included,
-so with ``gate_alpha > 0`` the standard errors are those of the penalised (MAP) estimate.
+The free parameters are packed into one vector on the internal scale (standardised kept
+columns): every gate level's non-reference rows, then for each expert its own free parameters
+(``_families``: coefficients, then log(scale) for Gaussian and Student-t experts and log(df)
+for Student-t). With l_i = log sum_k exp(a_ik), a_ik = log g_k(x_i) + log p_k(y_i | x_i) and
+responsibilities h_ik, the Hessian of the log-likelihood is, row by row,
+
+    sum_k h_k d2 a_k  +  sum_k h_k (d a_k)(d a_k)'  -  (sum_k h_k d a_k)(sum_k h_k d a_k)'
+
+which for a flat softmax gate has closed-form blocks (``information``): gate-gate
+``[diag(g) - gg' - diag(h) + hh'] kron xx'``, gate-expert ``h_k (h - e_k) kron x s_k'``,
+expert-expert ``-h_k H_k - h_k s_k s_k'`` on the diagonal plus ``h_k h_l s_k s_l'``, with
+``s_k`` / ``H_k`` the expert's row score / Hessian. It is built in row chunks from GEMMs. For
+gate trees (and as the slow reference in the tests) :func:`information_fd` differentiates the
+analytic gradient (Fisher's identity) by central differences.
+
+Covariances (``se=``): ``observed`` I^-1 (the MLE's; the default without a penalty);
+``sandwich`` A^-1 I A^-1 with A = I + P the penalised curvature (the penalised estimate's
+covariance, ignoring its bias; the default with a penalty); ``robust`` A^-1 B A^-1 with B the
+outer product of the per-row scores (Huber-White); ``posterior`` A^-1 (Laplace approximation
+under the Gaussian prior the penalty implies). They are mapped to the reported scale by the
+linear map of ``_design``; aliased coefficients get NaN.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import linalg, stats
+from scipy import linalg
 
-from ._base import add_intercept, check_sample_weight
-from ._gate import logsumexp, tree_score
+from ._gate import tree_log_proba, tree_node_mass, tree_score
+from ._logit import log_softmax, logsumexp
+from ._params import pack, unpack
+from ._solvers import row_products, triu_index
 
-# fit() computes covariance_ only while n_samples * n_parameters_ stays below this.
-AUTO_SE_MAX_WORK = 2.5e5  # ~ a second; summary(X, y) computes them for larger fits
-
-
-def _family_for_se(est) -> Any:
-    fam = est._make_family()
-    if fam.name == "sklearn":
-        raise ValueError("standard errors are not defined for expert=<scikit-learn estimator>; "
-                         "use expert='linear', 'poisson' or 'student_t'")
-    return fam
+SE_KINDS = ("auto", "observed", "sandwich", "robust", "posterior")
+NO_DATA = ("standard errors need the training data, which this estimator does not hold (it was "
+           "loaded from a file or unpickled): pass them, e.g. summary(X, y)")
+CHUNK_ROWS = 2048
 
 
-def pack(est, state: dict[str, Any]) -> np.ndarray:
-    """Free parameters of ``state`` as one vector (see module docstring for the order)."""
-    fam = _family_for_se(est)
-    parts = [c[:, 1:, :].ravel() for c in state["gate_coefs_"]]
-    parts += [fam.get_free(state, k) for k in range(est.n_experts_)]
+@dataclass(frozen=True, kw_only=True)
+class Inference:
+    """Estimates and their covariance on the reported scale, with what the summary must say."""
+
+    theta: np.ndarray
+    covariance: np.ndarray
+    aliased: np.ndarray
+    penalty_share: np.ndarray
+    kind: str
+    notes: tuple[str, ...]
+
+
+# ------------------------------------------------------------------------ packing
+def penalty_vector(family: Any, state: dict[str, Any], n_experts: int, gate_alpha: float,
+                   d: int) -> np.ndarray:
+    """Diagonal of the penalty's Hessian P in the packed order."""
+    parts = [np.tile(np.r_[0.0, np.full(d - 1, gate_alpha)], c[:, 1:, :].size // d)
+             for c in state["gate_coefs_"]]
+    parts += [family.penalty_free(d) for _ in range(n_experts)]
     return np.concatenate(parts)
 
 
-def unpack(est, theta: np.ndarray, state: dict[str, Any]) -> dict[str, Any]:
-    """Inverse of :func:`pack`, writing into copies of the arrays of ``state``."""
-    fam = _family_for_se(est)
-    new = {k: ([a.copy() for a in v] if isinstance(v, list) else np.array(v, copy=True))
-           for k, v in state.items()}
-    i = 0
-    for c in new["gate_coefs_"]:
-        m = c[:, 1:, :].size
-        c[:, 1:, :] = theta[i : i + m].reshape(c[:, 1:, :].shape)
-        i += m
-    for k in range(est.n_experts_):
-        m = len(fam.get_free(new, k))
-        fam.set_free(new, k, theta[i : i + m])
-        i += m
-    return new
+# ------------------------------------------------------------- likelihood and gradient
+def loglik(family, X1, y, sw, theta, state, n_experts) -> float:
+    """Observed-data log-likelihood at ``theta`` (no penalty)."""
+    s = unpack(family, theta, state, n_experts)
+    lj = tree_log_proba(X1, s["gate_coefs_"]) + family.log_prob(X1, y, s)
+    return float(np.sum(sw * logsumexp(lj, axis=1)))
 
 
-def parameter_names(est, feature_names=None) -> list[str]:
-    fam = _family_for_se(est)
-    p = est.n_features_in_
-    if feature_names is None:
-        feature_names = getattr(est, "feature_names_in_", [f"x{j}" for j in range(p)])
-    terms = ["intercept", *[str(f) for f in feature_names]]
-    names = []
-    for level, c in enumerate(est.gate_coefs_):
-        tag = "gate" if len(est.gate_coefs_) == 1 else f"gate L{level}"
-        for a in range(c.shape[0]):
-            node = "" if c.shape[0] == 1 else f" node {a}"
-            names += [f"{tag}{node} child {b}: {t}" for b in range(1, c.shape[1]) for t in terms]
-    for k in range(est.n_experts_):
-        if fam.name == "multinomial":
-            free = fam.free_names(terms, est.classes_)
-        else:
-            free = fam.free_names(terms)
-        names += [f"expert {k}: {t}" for t in free]
-    return names
-
-
-def penalised_loglik(est, X1, y, sw, theta, state) -> float:
-    """Penalised observed-data log-likelihood at ``theta``."""
-    s = unpack(est, theta, state)
-    fam = est._make_family()
-    ll = float(np.sum(sw * logsumexp(est._log_joint(X1, y, s, fam), axis=1)))
-    return ll - est._penalty(s)
-
-
-def gradient(est, X1, y, sw, theta, state) -> np.ndarray:
-    """Analytic gradient of :func:`penalised_loglik` (Fisher's identity)."""
-    s = unpack(est, theta, state)
-    fam = est._make_family()
-    lj = est._log_joint(X1, y, s, fam)
+def row_gradients(family, X1, y, state, n_experts, branching) -> np.ndarray:
+    """Per-row gradients of log p(y_i | x_i), shape (n, n_free) (Fisher's identity)."""
+    lj = tree_log_proba(X1, state["gate_coefs_"]) + family.log_prob(X1, y, state)
     resp = np.exp(lj - logsumexp(lj, axis=1, keepdims=True))
+    n = X1.shape[0]
     parts = []
-    for c, g in zip(s["gate_coefs_"], tree_score(X1, resp, sw, s["gate_coefs_"],
-                                                 tuple(est.branching_))):
-        parts.append((g[:, 1:, :] - est.gate_alpha * np.concatenate(
-            [np.zeros_like(c[:, 1:, :1]), c[:, 1:, 1:]], axis=2)).ravel())
-    d = X1.shape[1]
-    for k in range(est.n_experts_):
-        v = fam.get_free(s, k)
-        parts.append((resp[:, k] * sw) @ fam.row_score(X1, y, s, k) - fam.penalty_free(d) * v)
+    for level, coef in enumerate(state["gate_coefs_"]):
+        m, b, d = coef.shape
+        mass = tree_node_mass(resp, branching, level)
+        g = np.exp(log_softmax((X1 @ coef.reshape(m * b, d).T).reshape(n, m, b)))
+        r = (mass - mass.sum(axis=2, keepdims=True) * g)[:, :, 1:]
+        parts.append((r[:, :, :, None] * X1[:, None, None, :]).reshape(n, -1))
+    for k in range(n_experts):
+        parts.append(resp[:, k : k + 1] * family.row_score(X1, y, state, k))
+    return np.concatenate(parts, axis=1)
+
+
+def gradient(family, X1, y, sw, theta, state, n_experts, branching) -> np.ndarray:
+    """Analytic gradient of :func:`loglik` (Fisher's identity)."""
+    s = unpack(family, theta, state, n_experts)
+    lj = tree_log_proba(X1, s["gate_coefs_"]) + family.log_prob(X1, y, s)
+    resp = np.exp(lj - logsumexp(lj, axis=1, keepdims=True))
+    parts = [g[:, 1:, :].ravel()
+             for g in tree_score(X1, resp, sw, s["gate_coefs_"], branching)]
+    for k in range(n_experts):
+        parts.append((resp[:, k] * sw) @ family.row_score(X1, y, s, k))
     return np.concatenate(parts)
 
 
-def observed_information(est, X, y, sample_weight=None) -> tuple[np.ndarray, np.ndarray]:
-    """Observed information of the penalised log-likelihood at the fitted parameters.
-
-    Returns
-    -------
-    theta : ndarray of shape (n_free,)
-    information : ndarray of shape (n_free, n_free)
-        Minus the Hessian, symmetrised.
-    """
-    X1 = add_intercept(est._validate_X(X, reset=False))
-    y = est._prepare_y(y, reset=False)
-    sw = check_sample_weight(sample_weight, X1.shape[0])
-    state = est._get_state()
-    theta = pack(est, state)
+# ---------------------------------------------------------------------- information
+def information_fd(family, X1, y, sw, state, n_experts, branching) -> np.ndarray:
+    """Minus the Jacobian of :func:`gradient` by central differences (any gate tree)."""
+    theta = pack(family, state, n_experts)
     H = np.empty((len(theta), len(theta)))
     for j in range(len(theta)):
         h = 1e-5 * max(1.0, abs(theta[j]))
         tp, tm = theta.copy(), theta.copy()
         tp[j] += h
         tm[j] -= h
-        H[:, j] = (gradient(est, X1, y, sw, tp, state) - gradient(est, X1, y, sw, tm, state)) / (
-            2 * h)
-    return theta, -0.5 * (H + H.T)
+        H[:, j] = (gradient(family, X1, y, sw, tp, state, n_experts, branching)
+                   - gradient(family, X1, y, sw, tm, state, n_experts, branching)) / (2 * h)
+    return -0.5 * (H + H.T)
 
 
-def covariance(information: np.ndarray) -> np.ndarray:
-    """Inverse of the information (pseudo-inverse when singular)."""
+def _pairs_to_blocks(flat: np.ndarray, C1: int, d: int) -> np.ndarray:
+    """(pairs a<=b, d_sym) -> the symmetric ((C1 d), (C1 d)) matrix of d x d blocks."""
+    ja, jb = np.triu_indices(C1)
+    blocks = flat[:, triu_index(d)[2]]
+    M = np.empty((C1, C1, d, d))
+    M[ja, jb] = blocks
+    M[jb, ja] = blocks
+    return M.transpose(0, 2, 1, 3).reshape(C1 * d, C1 * d)
+
+
+def information(family, X1, y, sw, state, n_experts, *, chunk: int = CHUNK_ROWS) -> np.ndarray:
+    """Observed information (minus the Hessian of the log-likelihood) for a flat gate."""
+    n, d = X1.shape
+    K = n_experts
+    C1 = K - 1
+    V = state["gate_coefs_"][0][0]
+    sizes = [family.n_free(d) for _ in range(K)]
+    offsets = np.r_[0, np.cumsum(sizes)]
+    n_gate = C1 * d
+    ja, jb = np.triu_indices(max(C1, 1))
+    gg = np.zeros((len(ja), d * (d + 1) // 2))
+    ge = np.zeros((n_gate, offsets[-1]))
+    ee = np.zeros((offsets[-1], offsets[-1]))
+    for start in range(0, n, chunk):
+        sl = slice(start, start + chunk)
+        Z, yy, w = X1[sl], y[sl], sw[sl]
+        logg = log_softmax(Z @ V.T)
+        lj = logg + family.log_prob(Z, yy, state)
+        h = np.exp(lj - logsumexp(lj, axis=1, keepdims=True))
+        g = np.exp(logg)
+        scores = [family.row_score(Z, yy, state, k) for k in range(K)]
+        U = np.concatenate([(np.sqrt(w) * h[:, k])[:, None] * scores[k] for k in range(K)],
+                           axis=1)
+        ee += U.T @ U
+        for k in range(K):
+            c = w * h[:, k]
+            blk = slice(offsets[k], offsets[k + 1])
+            ee[blk, blk] -= family.weighted_hessian(Z, yy, state, k, c)
+            ee[blk, blk] -= (scores[k] * c[:, None]).T @ scores[k]
+            if C1:
+                A = c[:, None] * (h[:, 1:] - (np.arange(1, K) == k))
+                ge[:, blk] += (A[:, :, None] * Z[:, None, :]).reshape(len(Z), -1).T @ scores[k]
+        if C1:
+            W = w[:, None] * (h[:, 1:][:, ja] * h[:, 1:][:, jb] - g[:, 1:][:, ja] * g[:, 1:][:, jb])
+            diag = ja == jb
+            W[:, diag] += w[:, None] * (g[:, 1:] - h[:, 1:])
+            gg += W.T @ row_products(Z)
+    info = np.empty((n_gate + offsets[-1],) * 2)
+    if C1:
+        info[:n_gate, :n_gate] = _pairs_to_blocks(gg, C1, d)
+        info[:n_gate, n_gate:] = ge
+        info[n_gate:, :n_gate] = ge.T
+    info[n_gate:, n_gate:] = ee
+    return 0.5 * (info + info.T)
+
+
+# ---------------------------------------------------------------------- covariances
+def _inverse(M: np.ndarray) -> tuple[np.ndarray, bool]:
+    """(M^-1, True) when M is positive definite, else (pseudo-inverse, False)."""
     try:
-        return np.asarray(linalg.inv(information))
-    except linalg.LinAlgError:
-        return np.asarray(linalg.pinvh(information))
+        cho = linalg.cho_factor(M, check_finite=False)
+        return linalg.cho_solve(cho, np.eye(len(M)), check_finite=False), True
+    except (linalg.LinAlgError, ValueError):
+        return np.asarray(linalg.pinvh(M)), False
 
 
-def fit_covariance(est, X, y, sample_weight=None) -> np.ndarray:
-    """Covariance of the free parameters; shape (0, 0) when too costly or undefined."""
-    if est._make_family().name == "sklearn" or X.shape[0] * est.n_parameters_ > AUTO_SE_MAX_WORK:
-        return np.empty((0, 0))
-    return covariance(observed_information(est, X, y, sample_weight)[1])
+def resolve_kind(se: str, pen: np.ndarray) -> str:
+    if se not in SE_KINDS:
+        raise ValueError(f"se={se!r} is not supported; use one of {list(SE_KINDS)}")
+    if se == "auto":
+        return "sandwich" if np.any(pen > 0) else "observed"
+    return se
 
 
-def summary_text(est, X=None, y=None, sample_weight=None, feature_names=None) -> str:
-    from sklearn.utils.validation import check_is_fitted
+def covariance(kind: str, info: np.ndarray, pen: np.ndarray,
+               opg: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+    """The internal-scale covariance of ``kind`` and notes on what went wrong, if anything."""
+    notes = []
+    A = info + np.diag(pen)
+    if kind == "observed":
+        cov, ok = _inverse(info)
+        if not ok:
+            notes.append("the observed information is singular or not positive definite (a "
+                         "boundary or unidentified optimum): standard errors are unreliable")
+        return cov, notes
+    A_inv, ok = _inverse(A)
+    if not ok:
+        notes.append("the penalised information is not positive definite (not a local "
+                     "maximum?): standard errors are unreliable")
+    if kind == "posterior":
+        return A_inv, notes
+    meat = info if kind == "sandwich" else opg
+    return A_inv @ meat @ A_inv, notes
 
-    check_is_fitted(est)
-    if X is not None:
-        cov = covariance(observed_information(est, X, y, sample_weight)[1])
-    elif getattr(est, "covariance_", np.empty((0, 0))).size:
-        cov = est.covariance_
+
+def reported_map(family, state, n_experts, design, standardize) -> tuple[np.ndarray, np.ndarray]:
+    """(J, main): reported = J @ internal for packed vectors; ``main[i]`` the internal entry that
+    reported entry i stands for (-1 for an aliased coefficient)."""
+    T = design.jacobian(standardize)
+    d_int = T.shape[1]
+    blocks, mains = [], []
+    aliased_cols = np.zeros(T.shape[0], dtype=bool)
+    aliased_cols[1 + np.asarray(design.aliased, dtype=int)] = True
+    column_of = np.full(T.shape[0], -1)
+    column_of[0] = 0
+    column_of[1 + design.kept] = np.arange(1, d_int)
+
+    def coef_rows(count):
+        blocks.extend([T] * count)
+        mains.extend([np.where(aliased_cols, -1, column_of)] * count)
+
+    for c in state["gate_coefs_"]:
+        coef_rows(c[:, 1:, :].size // d_int)
+    for _ in range(n_experts):
+        n_free = family.n_free(d_int)
+        rows = n_free // d_int
+        coef_rows(rows)
+        extra = n_free - rows * d_int
+        if extra:
+            blocks.append(np.eye(extra))
+            mains.append(np.arange(extra))
+    J = linalg.block_diag(*blocks)
+    offsets_int = np.r_[0, np.cumsum([b.shape[1] for b in blocks])]
+    main = np.concatenate([np.where(m >= 0, m + offsets_int[i], -1) for i, m in enumerate(mains)])
+    return J, main
+
+
+def infer(est: Any, X: np.ndarray, y: np.ndarray, sw: np.ndarray, *, se: str) -> Inference:
+    """Estimates, covariance and notes of ``est`` on data (X, y, sw) in the reported scale."""
+    family = est._make_family()
+    if family.name == "sklearn":
+        raise ValueError("standard errors are not defined for expert=<scikit-learn estimator>; "
+                         "use expert='linear', 'poisson' or 'student_t'")
+    design = est._design()
+    X1 = design.transform(X)
+    state = est._internal_state()
+    K, branching = est.n_experts_, tuple(est.branching_)
+    pen = penalty_vector(family, state, K, float(est.gate_alpha), X1.shape[1])
+    kind = resolve_kind(se, pen)
+    if len(branching) == 1:
+        info = information(family, X1, y, sw, state, K)
     else:
-        raise ValueError("standard errors were not computed at fit time (large data or "
-                         "sklearn experts); call summary(X, y) with the training data")
-    theta = pack(est, est._get_state())
-    se = np.sqrt(np.where(np.diag(cov) > 0, np.diag(cov), np.nan))
-    z = theta / se
-    p = 2 * stats.norm.sf(np.abs(z))
-    names = parameter_names(est, feature_names)
-    width = max(len(n) for n in names) + 2
-    plural = "s" if est.n_experts_ != 1 else ""
-    head = (f"{type(est).__name__}: {est.n_experts_} expert{plural} ({est._make_family().name}), "
-            f"n_features={est.n_features_in_}, n_parameters={est.n_parameters_}\n"
-            f"penalised log-likelihood {est.lower_bound_:.4f}, iterations {est.n_iter_}, "
-            f"converged {est.converged_}\n")
-    lines = [head, f"{'parameter':<{width}}{'coef':>11}{'std err':>11}{'z':>9}{'P>|z|':>9}",
-             "-" * (width + 40)]
-    for n, t, s_, z_, p_ in zip(names, theta, se, z, p):
-        lines.append(f"{n:<{width}}{t:>11.4f}{s_:>11.4f}{z_:>9.2f}{p_:>9.3f}")
-    if hasattr(est, "expert_scale_"):
-        lines.append("expert scales: " + ", ".join(f"{v:.4g}" for v in est.expert_scale_))
-    if hasattr(est, "expert_df_"):
-        lines.append("expert df: " + ", ".join(f"{v:.4g}" for v in est.expert_df_))
-    lines.append("gate child 0 of each node is the reference; SEs from the observed information.")
-    return "\n".join(lines)
+        info = information_fd(family, X1, y, sw, state, K, branching)
+    opg = None
+    if kind == "robust":
+        G = row_gradients(family, X1, y, state, K, branching)
+        opg = (G * sw[:, None]).T @ G
+    cov, notes = covariance(kind, info, pen, opg)
+    J, main = reported_map(family, state, K, design, bool(est.standardize))
+    theta = J @ pack(family, state, K)
+    cov_rep = J @ cov @ J.T
+    aliased = main < 0
+    cov_rep[aliased, :] = np.nan
+    cov_rep[:, aliased] = np.nan
+    diag_A = np.diag(info) + pen
+    share = np.where(aliased, np.nan, pen[np.maximum(main, 0)] / np.where(
+        diag_A[np.maximum(main, 0)] > 0, diag_A[np.maximum(main, 0)], np.inf))
+    return Inference(theta=theta, covariance=cov_rep, aliased=aliased, penalty_share=share,
+                     kind=kind, notes=tuple(notes))

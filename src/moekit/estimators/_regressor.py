@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
-from sklearn.base import RegressorMixin
+from sklearn.base import RegressorMixin, clone
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.metaestimators import available_if
-from sklearn.utils.validation import check_is_fitted
+from threadpoolctl import threadpool_limits
 
-from ._base import BaseMixtureOfExperts, _check_number, add_intercept
-from ._experts import GaussianFamily, PoissonFamily, SklearnFamily, StudentTFamily
+from ._base import BaseMixtureOfExperts
+from ._families import GaussianFamily, PoissonFamily, SklearnFamily, StudentTFamily
 from ._gate import tree_log_proba
+from ._intervals import IntervalsMixin
+from ._online import Statistics, online_step
+from ._validation import check_sample_weight, validate_data
 
 _EXPERTS = ("linear", "poisson", "student_t")
 
@@ -23,7 +28,7 @@ class PredictiveDistribution(NamedTuple):
     Attributes
     ----------
     weights : ndarray of shape (n_samples, n_experts_)
-        Gate probabilities (rows sum to 1).
+        Gate probabilities (rows in [0, 1], summing to 1).
     means : ndarray of shape (n_samples, n_experts_)
         Expert means E[y | x, expert].
     scales : ndarray of shape (n_samples, n_experts_)
@@ -35,11 +40,23 @@ class PredictiveDistribution(NamedTuple):
     scales: np.ndarray
 
 
-class MixtureOfExpertsRegressor(RegressorMixin, BaseMixtureOfExperts):
+class MixtureOfExpertsRegressor(IntervalsMixin, RegressorMixin, BaseMixtureOfExperts):
     """Mixture of experts regression fitted by EM (Jacobs, Jordan, Nowlan & Hinton 1991).
 
-    ``p(y | x) = sum_k g_k(x) p_k(y | x)`` with a multinomial-logit gate ``g`` and expert
-    densities ``p_k``.
+    The model, in statisticians' terms: a finite mixture of regressions whose mixing weights
+    depend on the covariates through a multinomial logit (a "concomitant variable" model in
+    flexmix's words),
+
+        p(y | x) = sum_k g_k(x) p_k(y | x),   g(x) = softmax(V [1, x]),
+
+    with, by default, Gaussian linear experts ``p_k = N(y; b_k'[1, x], s_k^2)`` each with its
+    own variance. Expert 0 is the gate's reference (its row of V is zero). The fit maximises
+    the log-likelihood minus a small ridge penalty ``gate_alpha/2 ||V||^2 + expert_alpha/2
+    sum_k ||b_k||^2`` on the non-intercept coefficients of the *standardised* columns (mean
+    0, sd 1, learnt at fit; expert slopes in units of sd(y)), so the answer does not depend on
+    the units of X; ``gate_alpha=0, expert_alpha=0`` is plain maximum likelihood (flexmix's
+    ``FLXPmultinom`` concomitant model with ``FLXMRglm`` components). Columns that are
+    constant or linear combinations of earlier ones are left out and reported (as R's ``lm``).
 
     Parameters
     ----------
@@ -47,29 +64,38 @@ class MixtureOfExpertsRegressor(RegressorMixin, BaseMixtureOfExperts):
         Number of experts K.
     expert : {"linear", "poisson", "student_t"} or regressor, default="linear"
         Gaussian linear experts each with its own variance, Poisson GLM (log link; counts),
-        Student-t linear (robust, fitted by ECM), or any scikit-learn regressor whose ``fit``
-        accepts ``sample_weight`` (generalised EM with Gaussian noise per expert).
-    gate_alpha : float, default=1.0
-        L2 penalty on the gate's non-intercept coefficients (on the summed log-likelihood).
+        Student-t linear (robust, fitted by ECM, one df per expert), or any scikit-learn
+        regressor whose ``fit`` accepts ``sample_weight`` (generalised EM with Gaussian noise
+        per expert; it sees the standardised columns).
+    gate_alpha : float, default=0.1
+        L2 penalty on the gate's non-intercept coefficients of the standardised columns (on the
+        summed log-likelihood; a N(0, 1/gate_alpha) prior on log-odds per sd of each column,
+        which a few hundred rows outweigh). 0: unpenalised.
     expert_alpha : float, default=0.0
-        L2 penalty on each expert's non-intercept coefficients.
-    n_init : int, default=3
-        Number of EM runs from different initialisations; the best likelihood is kept. Above
-        200,000 rows the restarts run on a 50,000-row subsample and only the best continues
-        on all rows.
+        L2 penalty on each expert's non-intercept coefficients of the standardised columns (in
+        units of sd(y) for linear and Student-t experts).
+    n_init : int, default=5
+        EM runs from different starts; the best penalised likelihood is kept. Above 200,000
+        rows the restarts run on a 50,000-row subsample and only the best continues on all
+        rows.
     init : {"auto", "kmeans", "kmeans_xy", "random"}, default="auto"
-        Initial responsibilities: k-means on standardised X, on (X, y), or Dirichlet noise;
-        ``"auto"`` cycles through the three across restarts (EM has local maxima, and each
-        strategy finds different ones).
-    max_iter : int, default=200
+        Starting responsibilities: k-means on the standardised X, on (X, y), or a hard random
+        partition (flexmix's default); ``"auto"`` cycles kmeans_xy, random, kmeans, random
+        over the restarts (EM has local maxima, and each start finds different ones).
+    max_iter : int, default=500
         Maximum EM iterations per run.
     tol : float, default=1e-6
-        Stop when the penalised log-likelihood per unit sample weight changes by less.
+        Stop when the gain still expected (Aitken's estimate from the last three iterations)
+        is at most ``tol`` per unit of sample weight.
     warm_start : bool, default=False
         Start from the previous fit's parameters (one run) instead of initialising.
     random_state : int, RandomState or None, default=None
     verbose : int, default=0
-        1 prints one line per run, 2 one per iteration.
+        1 prints one line per restart to stderr, 2 also one per iteration.
+    standardize : bool, default=False
+        Report coefficients and standard errors on the standardised scale (per sd of each
+        column, means removed) instead of the units of X. The fitted model, its predictions and
+        likelihood are the same either way; predict always takes X in its own units.
 
     Attributes
     ----------
@@ -84,11 +110,20 @@ class MixtureOfExpertsRegressor(RegressorMixin, BaseMixtureOfExperts):
         Degrees of freedom (Student-t only).
     experts_ : list of fitted regressors
         Only when ``expert`` is an estimator.
+    x_mean_, x_scale_ : ndarray of shape (n_features_in_,)
+        The standardisation learnt at fit.
+    aliased_features_ : list of int
+        Columns left out (constant or linearly dependent on earlier ones); coefficient 0.
+    y_scale_ : float
+        Weighted standard deviation of y at fit (the unit of the expert penalty).
     n_experts_ : int
         Experts left after removing collapsed ones.
     loglik_history_ : list of float
-        Penalised log-likelihood at each EM iteration of the kept run (never decreasing for
-        exact M-steps). ``lower_bound_`` is its last value.
+        Penalised log-likelihood at each EM iteration of the kept run; never decreasing except
+        at the indices in ``reseed_iterations_``. ``lower_bound_`` is its last value.
+    reseed_iterations_ : list of int
+        Indices of ``loglik_history_`` where a collapsed expert was re-seeded (or removed), so
+        that EM restarted its ascent there.
     n_iter_ : int
     converged_ : bool
     n_reseeded_ : int
@@ -96,21 +131,23 @@ class MixtureOfExpertsRegressor(RegressorMixin, BaseMixtureOfExperts):
     removed_experts_ : list of int
         Original indices of experts removed after repeated collapse.
     n_parameters_ : int
-        Free parameters (for BIC/AIC); for sklearn experts counts gate and scales only.
+        Free parameters (for BIC/AIC): gate, expert coefficients, scales, and Student-t
+        degrees of freedom; for sklearn experts the gate and scales only.
     scale_floor_ : float
         Lower bound on expert scales (1e-4 of the weighted sd of y); hitting it is a collapse.
     covariance_ : ndarray of shape (n_free, n_free)
-        Inverse observed information of the free parameters (see ``summary``); shape (0, 0)
-        when not computed at fit time (n_samples * n_parameters_ > 5e6, or sklearn experts).
+        Covariance of the free parameters, computed when first read (see ``summary``).
+    conformity_scores_ : ndarray
+        Only after :meth:`calibrate_intervals`.
     suff_h_, suff_xx_, suff_xy_, suff_yy_, n_samples_seen_, n_batches_
         Running sufficient statistics of online EM (only after ``partial_fit``).
 
     Notes
     -----
-    Above 200,000 rows the restarts run EM on a random 50,000-row subsample and the best of
-    them continues on all rows; the gate's Newton step then uses the exact Hessian on an evenly
-    strided subset of rows, with the gradient and step-halving on every row, so the penalised
-    log-likelihood still never decreases. Memory stays O(n_samples * n_experts).
+    BLAS runs on one thread inside ``fit``. The gate's M-step is one Newton step per EM
+    iteration (ECM) with step halving; on large data its curvature uses an evenly strided
+    subset of rows, the gradient and the step size all rows, so the penalised log-likelihood
+    never decreases between re-seeds. Memory stays O(n_samples * n_experts).
 
     Examples
     --------
@@ -123,6 +160,8 @@ class MixtureOfExpertsRegressor(RegressorMixin, BaseMixtureOfExperts):
     >>> lo, hi = m.predict_interval(X[:3], alpha=0.1)
     >>> bool((lo <= hi).all())
     True
+    >>> m.summary_frame().shape[1]
+    8
     """
 
     def __init__(
@@ -130,15 +169,16 @@ class MixtureOfExpertsRegressor(RegressorMixin, BaseMixtureOfExperts):
         n_experts: int = 3,
         *,
         expert: Any = "linear",
-        gate_alpha: float = 1.0,
+        gate_alpha: float = 0.1,
         expert_alpha: float = 0.0,
-        n_init: int = 3,
+        n_init: int = 5,
         init: str = "auto",
-        max_iter: int = 200,
+        max_iter: int = 500,
         tol: float = 1e-6,
         warm_start: bool = False,
         random_state: Any = None,
         verbose: int = 0,
+        standardize: bool = False,
     ) -> None:
         self.n_experts = n_experts
         self.expert = expert
@@ -151,6 +191,7 @@ class MixtureOfExpertsRegressor(RegressorMixin, BaseMixtureOfExperts):
         self.warm_start = warm_start
         self.random_state = random_state
         self.verbose = verbose
+        self.standardize = standardize
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -169,15 +210,23 @@ class MixtureOfExpertsRegressor(RegressorMixin, BaseMixtureOfExperts):
                 f"expert={self.expert!r} is neither a name nor an estimator; use one of "
                 f"{list(_EXPERTS)} or a scikit-learn regressor with fit(X, y, sample_weight)")
 
+    def _y_unit_penalty(self) -> bool:
+        return isinstance(self.expert, str) and self.expert in ("linear", "student_t")
+
+    def _expert_penalty(self) -> float:
+        scale = float(getattr(self, "y_scale_", 1.0)) if self._y_unit_penalty() else 1.0
+        return float(self.expert_alpha) / max(scale, 1e-300) ** 2
+
     def _make_family(self):
         floor = getattr(self, "scale_floor_", 0.0)
+        alpha = self._expert_penalty()
         if not isinstance(self.expert, str):
             return SklearnFamily(self.expert, floor)
         if self.expert == "poisson":
-            return PoissonFamily(float(self.expert_alpha))
+            return PoissonFamily(alpha)
         if self.expert == "student_t":
-            return StudentTFamily(float(self.expert_alpha), floor)
-        return GaussianFamily(float(self.expert_alpha), floor)
+            return StudentTFamily(alpha, floor)
+        return GaussianFamily(alpha, floor)
 
     def _prepare_y(self, y, reset: bool):
         y = np.asarray(y, dtype=float).ravel()
@@ -186,22 +235,17 @@ class MixtureOfExpertsRegressor(RegressorMixin, BaseMixtureOfExperts):
                              "Use expert='linear' or shift the target")
         return y
 
-    def _scale_floor(self, y, sw) -> float:
+    def _fit_target(self, y, sw) -> None:
         mean = np.average(y, weights=sw)
         sd = float(np.sqrt(np.average((y - mean) ** 2, weights=sw)))
-        return max(1e-4 * sd, 1e-10 * (1.0 + abs(float(mean))))
+        self.y_scale_ = sd if sd > 0 else 1.0
+        self.scale_floor_ = max(1e-4 * sd, 1e-10 * (1.0 + abs(float(mean))))
 
     def _count_parameters(self) -> int:
         if not isinstance(self.expert, str):
-            d = self.n_features_in_ + 1
+            d = len(self._design().kept) + 1
             return (self.n_experts_ - 1) * d + self.n_experts_
         return super()._count_parameters()
-
-    @property
-    def gate_coef_(self) -> np.ndarray:
-        """Flat gate coefficients, shape (n_experts_, n_features_in_ + 1), row 0 zeros."""
-        check_is_fitted(self)
-        return self.gate_coefs_[0][0]
 
     # ------------------------------------------------------------------------ predicting
     def predict_distribution(self, X: ArrayLike) -> PredictiveDistribution:
@@ -216,66 +260,18 @@ class MixtureOfExpertsRegressor(RegressorMixin, BaseMixtureOfExperts):
         PredictiveDistribution
             NamedTuple ``(weights, means, scales)``, each of shape (n_samples, n_experts_).
         """
-        check_is_fitted(self)
-        X1 = add_intercept(self._validate_X(X, reset=False))
-        weights = np.exp(tree_log_proba(X1, self.gate_coefs_))
-        means, scales = self._make_family().mean_scale(X1, self._get_state())
+        Z1 = self._Z1(X)
+        state = self._internal_state()
+        weights = np.exp(tree_log_proba(Z1, state["gate_coefs_"]))
+        weights /= weights.sum(axis=1, keepdims=True)
+        np.clip(weights, 0.0, 1.0, out=weights)
+        means, scales = self._make_family().mean_scale(Z1, state)
         return PredictiveDistribution(weights, means, scales)
 
     def predict(self, X: ArrayLike) -> np.ndarray:
         """Mixture mean E[y | x] = sum_k g_k(x) mean_k(x), shape (n_samples,)."""
         w, mu, _ = self.predict_distribution(X)
         return np.einsum("nk,nk->n", w, mu)
-
-    def predict_interval(self, X: ArrayLike, alpha: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-        """Central ``1 - alpha`` predictive interval from the mixture quantiles.
-
-        The quantiles ``alpha/2`` and ``1 - alpha/2`` of the mixture CDF are found by
-        vectorised bisection (all rows at once: a bracket grown by doubling, then 100
-        halvings). For Poisson experts the bounds are integers.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-        alpha : float, default=0.1
-            Miscoverage, 0 < alpha < 1.
-
-        Returns
-        -------
-        lower, upper : ndarray of shape (n_samples,)
-        """
-        _check_number("alpha", alpha, 0, strict=True, fix="use 0 < alpha < 1, e.g. alpha=0.1")
-        if alpha >= 1:
-            raise ValueError(f"alpha={alpha!r} must be < 1; use 0 < alpha < 1, e.g. alpha=0.1")
-        return self._quantile(X, alpha / 2), self._quantile(X, 1 - alpha / 2)
-
-    def _quantile(self, X, q: float) -> np.ndarray:
-        w, mu, s = self.predict_distribution(X)
-        family = self._make_family()
-        state = self._get_state()
-
-        def cdf(t):
-            return np.einsum("nk,nk->n", w, family.cdf(t[:, None], mu, s, state))
-
-        # bracket: start a few scales around the means, then double outwards until it holds
-        spread = np.where(np.isfinite(s), s, np.asarray(state.get("expert_scale_", 1.0)) * 1e3)
-        width = 5.0 * np.max(spread, axis=1) + 1e-12
-        lo, hi = np.min(mu, axis=1) - width, np.max(mu, axis=1) + width
-        if family.name == "poisson":
-            lo = np.full_like(lo, -1.0)
-        for _ in range(200):
-            low_bad, high_bad = cdf(lo) >= q, cdf(hi) < q
-            if not (low_bad.any() or high_bad.any()):
-                break
-            lo = np.where(low_bad, lo - width, lo)
-            hi = np.where(high_bad, hi + width, hi)
-            width *= 2.0
-        for _ in range(100):
-            mid = 0.5 * (lo + hi)
-            below = cdf(mid) < q
-            lo = np.where(below, mid, lo)
-            hi = np.where(below, hi, mid)
-        return np.ceil(hi - 1e-9) if family.name == "poisson" else 0.5 * (lo + hi)
 
     # -------------------------------------------------------------------- online EM
     def _online_ok(self) -> bool:
@@ -290,10 +286,50 @@ class MixtureOfExpertsRegressor(RegressorMixin, BaseMixtureOfExperts):
     ) -> MixtureOfExpertsRegressor:
         """One step of online (stepwise) EM on a minibatch (Gaussian linear experts only).
 
-        See :func:`moekit.estimators._online.online_step`: running sufficient statistics
+        See :mod:`moekit.estimators._online`: running sufficient statistics
         ``S <- (1 - g_t) S + g_t s(batch)`` with ``g_t = (t + 2) ** -0.6`` (Cappé & Moulines
-        2009) for the experts, and one damped Newton step of the gate on the minibatch.
+        2009) for the experts, and one damped Newton step of the gate on the minibatch. The
+        first minibatch is fitted by batch EM (at most 50 iterations), which also learns the
+        standardisation.
         """
-        from ._online import online_step
-
-        return online_step(self, X, y, sample_weight)
+        first = not hasattr(self, "suff_xx_")
+        if first:
+            self._validate_params()
+        Xv, yv = validate_data(self, X, y, reset=first, dtype=np.float64, y_numeric=True)
+        yv = np.asarray(yv, dtype=float).ravel()
+        sw = check_sample_weight(sample_weight, Xv.shape[0])
+        stats = None
+        if first:
+            init = clone(self).set_params(max_iter=min(int(self.max_iter), 50), warm_start=False)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                init.fit(Xv, yv, sample_weight=sw)
+            for key, value in vars(init).items():
+                if key.endswith("_") and not key.startswith("_"):
+                    setattr(self, key, value)
+            self.n_samples_seen_, self.n_batches_, self.loglik_history_ = 0.0, 0, []
+        else:
+            fitted = vars(self)
+            stats = Statistics(h=fitted["suff_h_"], xx=fitted["suff_xx_"],
+                               xy=fitted["suff_xy_"], yy=fitted["suff_yy_"])
+        design = self._design()
+        state = self._internal_state()
+        with threadpool_limits(limits=1, user_api="blas"):
+            gate, coef, scale, stats, ll = online_step(
+                design.transform(Xv), yv, sw, gate=state["gate_coefs_"][0][0],
+                coef=state["expert_coef_"], scale=state["expert_scale_"], stats=stats,
+                n_batches=int(self.n_batches_), n_samples_seen=float(self.n_samples_seen_),
+                gate_alpha=float(self.gate_alpha), expert_alpha=self._expert_penalty(),
+                scale_floor=float(self.scale_floor_))
+        self._set_reported({"gate_coefs_": [gate[None]], "expert_coef_": coef,
+                            "expert_scale_": scale}, design)
+        self.suff_h_, self.suff_xx_, self.suff_xy_, self.suff_yy_ = (
+            stats.h, stats.xx, stats.xy, stats.yy)
+        self.n_samples_seen_ = float(self.n_samples_seen_) + float(np.sum(sw))
+        self.n_batches_ = int(self.n_batches_) + 1
+        self.loglik_history_ = [*self.loglik_history_, ll]
+        self.lower_bound_ = ll
+        self.n_parameters_ = int(self._count_parameters())
+        for key in ("_train_data", "_covariance"):  # SEs need the whole data: summary(X, y)
+            self.__dict__.pop(key, None)
+        return self

@@ -11,8 +11,8 @@ A model file is a zip archive holding two members:
   ``allow_pickle=False``, so object arrays are never written and never loaded.
 
 Loading never imports or calls anything named by the file: class names are looked up in a fixed
-allow-list (the estimators exported by :mod:`moekit.estimators`, plus a few scikit-learn linear
-models whose fitted state is plain arrays, which may serve as experts). An expert that is any
+allow-list (moekit's three estimators, plus a few scikit-learn linear models whose fitted state
+is plain arrays, which may serve as experts). An expert that is any
 other scikit-learn estimator cannot be saved without pickle, and :func:`save_model` says so.
 
 Saving is atomic: the archive is written to a temporary file in the destination's directory,
@@ -34,6 +34,10 @@ from typing import Any
 import numpy as np
 
 from moekit._files import atomic_open
+
+from ._classifier import MixtureOfExpertsClassifier
+from ._hierarchical import HierarchicalMixtureOfExpertsRegressor
+from ._regressor import MixtureOfExpertsRegressor
 
 __all__ = [
     "FORMAT",
@@ -63,18 +67,15 @@ class ModelFileError(ValueError):
     """A model that cannot be saved safely, or a file that is not a valid moekit model."""
 
 
+_MOEKIT_CLASSES: tuple[type, ...] = (
+    HierarchicalMixtureOfExpertsRegressor,
+    MixtureOfExpertsClassifier,
+    MixtureOfExpertsRegressor,
+)
+
+
 def _moekit_classes() -> dict[str, type]:
-    from sklearn.base import BaseEstimator
-
-    import moekit.estimators as est
-
-    names = getattr(est, "__all__", [n for n in dir(est) if not n.startswith("_")])
-    classes = {}
-    for name in names:
-        obj = getattr(est, name, None)
-        if isinstance(obj, type) and issubclass(obj, BaseEstimator):
-            classes[f"moekit.estimators.{name}"] = obj
-    return classes
+    return {f"moekit.estimators.{cls.__name__}": cls for cls in _MOEKIT_CLASSES}
 
 
 def _sklearn_classes() -> dict[str, type]:
@@ -224,6 +225,8 @@ class _Decoder:
         for name, value in spec.get("attributes", {}).items():
             if not (isinstance(name, str) and name.endswith("_") and not name.startswith("_")):
                 raise self.fail(f"attribute name {name!r} is not a fitted attribute")
+            if isinstance(getattr(cls, name, None), property):
+                continue  # computed on demand by this version (e.g. covariance_): not restored
             setattr(est, name, self.decode(value))
         return est
 
@@ -245,7 +248,8 @@ def save_model(
     path : str or path-like
         Destination file (conventionally ``*.moekit``); replaced if it exists.
     feature_names : sequence of str, optional
-        Names of the columns of ``X``, in order, kept for ``moekit predict``.
+        Names of the columns of ``X``, in order, kept for ``moekit predict``. Default: the
+        estimator's ``feature_names_in_`` (set when it was fitted on a DataFrame), if any.
     target : str, optional
         Name of the target column.
     metadata : dict, optional
@@ -264,7 +268,7 @@ def save_model(
 
     Examples
     --------
-    >>> from moekit.estimators import MixtureOfExpertsRegressor
+    >>> from moekit.estimators import MixtureOfExpertsRegressor, load_model, save_model
     >>> from moekit.estimators.datasets import make_moe_regression
     >>> import tempfile, os
     >>> X, y = make_moe_regression(n_samples=200, n_features=2, n_experts=2, random_state=0)[:2]
@@ -283,6 +287,13 @@ def save_model(
             f"save_model got a {type(estimator).__module__}.{type(estimator).__qualname__}; it "
             f"saves moekit estimators only ({sorted(_moekit_classes())})"
         )
+    if feature_names is None and getattr(estimator, "feature_names_in_", None) is not None:
+        feature_names = [str(v) for v in estimator.feature_names_in_]
+    if feature_names is not None and hasattr(estimator, "n_features_in_") and len(
+            feature_names) != estimator.n_features_in_:
+        raise ModelFileError(
+            f"feature_names has {len(feature_names)} names but the model has "
+            f"{estimator.n_features_in_} features; pass one name per column of X")
     spec = encoder.estimator(estimator, "estimator", key)
     if not spec["attributes"]:
         raise ModelFileError(
