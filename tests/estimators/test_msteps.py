@@ -143,6 +143,20 @@ def test_batched_expert_newton_equals_one_expert_at_a_time():
                 >= objective(X1, onehot, weights[:, k], coef[k], 0.2)[0])
 
 
+def test_cached_products_stay_within_their_memory_budget():
+    """S1-1's memory finding: 200k rows x 21 x 2 experts took +673 MiB in outer products."""
+    from moekit.estimators._em import EMData
+
+    big = np.c_[np.ones(20_000), rng.normal(size=(20_000, 20))]
+    cur = CurvatureRows.build(big, 2, max_bytes=1e6)
+    assert cur.products.nbytes <= 1e6 and cur.products.shape[0] >= 1e6 / (8 * 231) - 1
+    data = EMData.build(big, np.zeros(20_000), np.ones(20_000), n_gate_outcomes=2,
+                        products_max_bytes=1e6)
+    assert data.products is None  # the expert M-step then works in row chunks
+    full = EMData.build(big[:100], np.zeros(100), np.ones(100), n_gate_outcomes=2)
+    np.testing.assert_array_equal(full.products, row_products(big[:100]))
+
+
 def test_large_data_path_is_monotone_and_accurate():
     """Restarts on a subsample, continued on all rows, curvature from a strided subset."""
     Xl, yl, _ = make_moe_regression(3000, 3, 3, noise=0.3, random_state=0)

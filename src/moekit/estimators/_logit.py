@@ -25,6 +25,8 @@ from ._solvers import row_products, solve_spd, triu_index
 
 # Curvature rows: at most this many multiply-adds per Hessian, else a strided subset of rows.
 HESSIAN_MAX_WORK = 2e8
+# ... and their outer products may take at most this much memory.
+CURVATURE_MAX_BYTES = 64 * 2**20
 
 
 def logsumexp(a: np.ndarray, axis: int = -1, keepdims: bool = False) -> np.ndarray:
@@ -71,20 +73,23 @@ def softmax_proba(logits: np.ndarray, axis: int = -1) -> np.ndarray:
 class CurvatureRows:
     """Rows used for the Newton curvature, with their outer products computed once.
 
-    ``rows`` indexes X1 (a strided subset when the data are large), ``scale`` rescales their
-    weight to the full sum, ``products`` are :func:`row_products` of ``X1[rows]``.
+    ``rows`` indexes X1: every row, or an evenly strided subset so that one Hessian costs at
+    most ``max_work`` multiply-adds and the products take at most ``max_bytes`` (the
+    objective, the gradient and the step size always use every row). ``products`` are
+    :func:`row_products` of ``X1[rows]``.
     """
 
     rows: slice
     products: np.ndarray
 
     @classmethod
-    def build(cls, X1: np.ndarray, n_outcomes: int, *,
-              max_work: float = HESSIAN_MAX_WORK) -> CurvatureRows:
+    def build(cls, X1: np.ndarray, n_outcomes: int, *, max_work: float = HESSIAN_MAX_WORK,
+              max_bytes: float = CURVATURE_MAX_BYTES) -> CurvatureRows:
         n, d = X1.shape
         pairs = max(n_outcomes - 1, 1) * n_outcomes // 2
         per_row = pairs * d * (d + 1) / 2
-        stride = max(1, int(np.ceil(n * per_row / max_work)))
+        stride = max(1, int(np.ceil(n * per_row / max_work)),
+                     int(np.ceil(n * 8.0 * d * (d + 1) / 2 / max_bytes)))
         rows = slice(None, None, stride)
         return cls(rows=rows, products=row_products(X1[rows]))
 
