@@ -31,6 +31,7 @@ from ._logit import (
 from ._solvers import (
     DF_BOUNDS,
     poisson_irls,
+    ridge_vector,
     row_products,
     student_t_ecm,
     student_t_logpdf,
@@ -95,17 +96,25 @@ class GaussianFamily:
         return d + 1
 
     def get_free(self, P, k):
-        return np.r_[P["expert_coef_"][k], np.log(P["expert_scale_"][k])]
+        return np.append(P["expert_coef_"][k], np.log(P["expert_scale_"][k]))
 
     def set_free(self, P, k, v):
         P["expert_coef_"][k] = v[:-1]
         P["expert_scale_"][k] = np.exp(v[-1])
 
+    def get_free_all(self, P):
+        """Every expert's free parameters as rows of one (K, n_free) matrix."""
+        return np.column_stack([P["expert_coef_"], np.log(P["expert_scale_"])])
+
+    def set_free_all(self, P, M):
+        P["expert_coef_"] = M[:, :-1].copy()
+        P["expert_scale_"] = np.exp(M[:, -1])
+
     def free_names(self, terms):
         return [*terms, "log(scale)"]
 
     def penalty_free(self, d):
-        return np.r_[0.0, np.full(d - 1, self.alpha), 0.0]
+        return np.append(ridge_vector(d, self.alpha), 0.0)
 
     def row_score(self, X1, y, P, k):
         s = P["expert_scale_"][k]
@@ -161,19 +170,28 @@ class StudentTFamily(GaussianFamily):
         return d + 2
 
     def get_free(self, P, k):
-        return np.r_[P["expert_coef_"][k], np.log(P["expert_scale_"][k]),
-                     np.log(P["expert_df_"][k])]
+        return np.append(P["expert_coef_"][k], np.log([P["expert_scale_"][k],
+                                                       P["expert_df_"][k]]))
 
     def set_free(self, P, k, v):
         P["expert_coef_"][k] = v[:-2]
         P["expert_scale_"][k] = np.exp(v[-2])
         P["expert_df_"][k] = np.exp(v[-1])
 
+    def get_free_all(self, P):
+        return np.column_stack([P["expert_coef_"], np.log(P["expert_scale_"]),
+                                np.log(P["expert_df_"])])
+
+    def set_free_all(self, P, M):
+        P["expert_coef_"] = M[:, :-2].copy()
+        P["expert_scale_"] = np.exp(M[:, -2])
+        P["expert_df_"] = np.exp(M[:, -1])
+
     def free_names(self, terms):
         return [*terms, "log(scale)", "log(df)"]
 
     def penalty_free(self, d):
-        return np.r_[0.0, np.full(d - 1, self.alpha), 0.0, 0.0]
+        return np.append(ridge_vector(d, self.alpha), [0.0, 0.0])
 
     def row_score(self, X1, y, P, k):
         s, nu = P["expert_scale_"][k], P["expert_df_"][k]
@@ -250,11 +268,17 @@ class PoissonFamily:
     def set_free(self, P, k, v):
         P["expert_coef_"][k] = v
 
+    def get_free_all(self, P):
+        return np.array(P["expert_coef_"], copy=True)
+
+    def set_free_all(self, P, M):
+        P["expert_coef_"] = M.copy()
+
     def free_names(self, terms):
         return list(terms)
 
     def penalty_free(self, d):
-        return np.r_[0.0, np.full(d - 1, self.alpha)]
+        return ridge_vector(d, self.alpha)
 
     def row_score(self, X1, y, P, k):
         mu = np.exp(np.clip(X1 @ P["expert_coef_"][k], -50, 50))
@@ -346,12 +370,21 @@ class MultinomialFamily:
     def set_free(self, P, k, v):
         P["expert_coef_"][k, 1:] = v.reshape(self.n_classes - 1, -1)
 
+    def get_free_all(self, P):
+        coef = P["expert_coef_"]
+        return coef[:, 1:].reshape(coef.shape[0], -1).copy()
+
+    def set_free_all(self, P, M):
+        coef = np.array(P["expert_coef_"], copy=True)
+        coef[:, 1:] = M.reshape(coef.shape[0], self.n_classes - 1, -1)
+        P["expert_coef_"] = coef
+
     def free_names(self, terms, classes=None):
         cls = list(range(self.n_classes)) if classes is None else list(classes)
         return [f"[{c}] {nm}" for c in cls[1:] for nm in terms]
 
     def penalty_free(self, d):
-        return np.tile(np.r_[0.0, np.full(d - 1, self.alpha)], self.n_classes - 1)
+        return ridge_vector(d, self.alpha, self.n_classes - 1)
 
     def row_score(self, X1, y, P, k):
         logp = log_softmax(X1 @ P["expert_coef_"][k].T)

@@ -34,7 +34,7 @@ from scipy import linalg
 from ._gate import tree_log_proba, tree_node_mass, tree_score
 from ._logit import log_softmax, logsumexp
 from ._params import pack, unpack
-from ._solvers import row_products, triu_index
+from ._solvers import ridge_vector, row_products, triu_index
 
 SE_KINDS = ("auto", "observed", "sandwich", "robust", "posterior")
 NO_DATA = ("standard errors need the training data, which this estimator does not hold (it was "
@@ -58,7 +58,7 @@ class Inference:
 def penalty_vector(family: Any, state: dict[str, Any], n_experts: int, gate_alpha: float,
                    d: int) -> np.ndarray:
     """Diagonal of the penalty's Hessian P in the packed order."""
-    parts = [np.tile(np.r_[0.0, np.full(d - 1, gate_alpha)], c[:, 1:, :].size // d)
+    parts = [ridge_vector(d, gate_alpha, c[:, 1:, :].size // d)
              for c in state["gate_coefs_"]]
     parts += [family.penalty_free(d) for _ in range(n_experts)]
     return np.concatenate(parts)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import linalg
 
-from ._solvers import row_products, solve_spd, triu_index
+from ._solvers import ridge_vector, row_products, solve_spd, triu_index
 
 # Curvature rows: at most this many multiply-adds per Hessian, else a strided subset of rows.
 HESSIAN_MAX_WORK = 2e8
@@ -179,7 +179,7 @@ def newton(
     if C == 1:
         return coef, logp, f, factor
     m = (C - 1) * d
-    pen = np.tile(np.r_[0.0, np.full(d - 1, float(alpha))], C - 1)
+    pen = ridge_vector(d, alpha, C - 1)
     # a tiny ridge on every free parameter keeps the system solvable when a class has no mass
     jitter = 1e-10 * (1.0 + float(np.sum(weights)))
     rows_for_curvature = curvature
@@ -367,7 +367,7 @@ def experts_newton_step(
         H4[:, ja, jb] = blocks
         H4[:, jb, ja] = blocks
         H = H4.transpose(0, 1, 3, 2, 4).reshape(K, m, m)
-    pen = np.tile(np.r_[0.0, np.full(d - 1, float(alpha))], C1)
+    pen = ridge_vector(d, alpha, C1)
     jitter = 1e-10 * (1.0 + np.sum(weights, axis=0))
     idx = np.arange(m)
     H[:, idx, idx] += pen + jitter[:, None]

@@ -14,7 +14,10 @@ import numpy as np
 def pack(family: Any, state: dict[str, Any], n_experts: int) -> np.ndarray:
     """Free parameters of ``state`` as one vector."""
     parts = [c[:, 1:, :].ravel() for c in state["gate_coefs_"]]
-    parts += [family.get_free(state, k) for k in range(n_experts)]
+    if hasattr(family, "get_free_all"):
+        parts.append(family.get_free_all(state).ravel())
+    else:
+        parts += [family.get_free(state, k) for k in range(n_experts)]
     return np.concatenate(parts)
 
 
@@ -27,6 +30,9 @@ def unpack(family: Any, theta: np.ndarray, state: dict[str, Any], n_experts: int
         m = c[:, 1:, :].size
         c[:, 1:, :] = theta[i : i + m].reshape(c[:, 1:, :].shape)
         i += m
+    if hasattr(family, "set_free_all"):
+        family.set_free_all(new, theta[i:].reshape(n_experts, -1))
+        return new
     for k in range(n_experts):
         m = len(family.get_free(new, k))
         family.set_free(new, k, theta[i : i + m])

@@ -47,8 +47,10 @@ def solve_spd(A: np.ndarray, b: np.ndarray, *, jitter: float = 1e-12) -> np.ndar
         except (linalg.LinAlgError, ValueError):
             return np.asarray(linalg.lstsq(A, b, check_finite=False)[0])
     try:
-        np.linalg.cholesky(A)  # raises unless every matrix of the batch is positive definite
-        return np.linalg.solve(A, b[..., None])[..., 0]
+        x = np.linalg.solve(A, b[..., None])[..., 0]
+        if np.all(np.isfinite(x)):
+            return x
+        raise np.linalg.LinAlgError("non-finite solution")
     except np.linalg.LinAlgError:
         return np.stack([solve_spd(A[k], b[k], jitter=0.0) for k in range(A.shape[0])])
 
@@ -100,8 +102,15 @@ def weighted_grams(
     return out.reshape(d, K, d).transpose(1, 0, 2)
 
 
+def ridge_vector(d: int, alpha: float, repeats: int = 1) -> np.ndarray:
+    """``[0, alpha, ..., alpha]`` (intercept unpenalised) for each of ``repeats`` rows of d."""
+    v = np.full(d * repeats, float(alpha))
+    v[::d] = 0.0
+    return v
+
+
 def _ridge_penalty(d: int, alpha: float) -> np.ndarray:
-    return np.r_[0.0, np.full(d - 1, float(alpha))]
+    return ridge_vector(d, alpha)
 
 
 def weighted_ridge(X1: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float = 0.0) -> np.ndarray:
