@@ -8,8 +8,8 @@
   against the pinned release before it is read; the wrapper's (GPL-3) code is never imported.
 
 :func:`market_features` turns prices into the task of the finance showcase: predict the day's
-log return (in %) from what was known the evening before: the previous day's return, the log of
-the trailing 20-day volatility and the trailing 60-day return (the trend that separates bull from
+log return (in %) from what was known the evening before: the previous day's return, the logs of
+the trailing 5- and 20-day volatility and the trailing 60-day return (the trend that separates bull from
 bear markets). :func:`rolling_origin_splits` gives time-ordered train/test splits.
 
 Shape legend: n days.
@@ -115,10 +115,10 @@ class MarketFeatures:
         Day of each target return.
     y : ndarray of shape (n,)
         Log return of that day, in percent: ``100 * log(p_t / p_{t-1})``.
-    X : ndarray of shape (n, 3)
-        ``return_lag1`` (yesterday's return, %), ``log_vol20`` (log of the standard deviation
-        of the 20 returns up to yesterday, in %), ``trend60`` (sum of the 60 returns up to
-        yesterday, %).
+    X : ndarray of shape (n, p)
+        ``return_lag1`` (yesterday's return, %), ``log_vol<w>`` (log of the standard deviation
+        of the w returns up to yesterday, in %, for each window), ``trend60`` (sum of the 60
+        returns up to yesterday, %).
     feature_names : tuple of str
     prices : ndarray of shape (n,)
         Closing price of each target day (for plots).
@@ -133,22 +133,23 @@ class MarketFeatures:
     name: str
 
 
-def market_features(series: PriceSeries, *, vol_window: int = 20,
+def market_features(series: PriceSeries, *, vol_windows: tuple[int, ...] = (5, 20),
                     trend_window: int = 60) -> MarketFeatures:
     """Turn prices into (lagged features, day-ahead return) rows; nothing looks ahead.
 
     Parameters
     ----------
     series : PriceSeries
-    vol_window : int, default=20
-        Days in the trailing volatility.
+    vol_windows : tuple of int, default=(5, 20)
+        Trailing volatilities to compute, in days (each >= 2).
     trend_window : int, default=60
         Days in the trailing return (trend).
 
     Returns
     -------
     MarketFeatures
-        One row per day from day ``max(vol_window, trend_window) + 1`` on.
+        One row per day once the longest window is filled. Columns: ``return_lag1``, then
+        ``log_vol<w>`` for each window, then ``trend<trend_window>``.
 
     Examples
     --------
@@ -157,31 +158,33 @@ def market_features(series: PriceSeries, *, vol_window: int = 20,
     >>> prices = 100 * np.exp(np.cumsum(np.random.default_rng(0).normal(0, 0.01, len(days))))
     >>> f = market_features(PriceSeries(dates=days, prices=prices, name="toy", source="random"))
     >>> f.X.shape[1], f.feature_names
-    (3, ('return_lag1', 'log_vol20', 'trend60'))
+    (4, ('return_lag1', 'log_vol5', 'log_vol20', 'trend60'))
     """
-    if vol_window < 2 or trend_window < 1:
-        raise ValueError(f"vol_window={vol_window} must be >= 2 and trend_window={trend_window} "
-                         ">= 1")
+    windows = tuple(int(w) for w in vol_windows)
+    if any(w < 2 for w in windows) or trend_window < 1:
+        raise ValueError(f"vol_windows={vol_windows!r} must all be >= 2 and "
+                         f"trend_window={trend_window} >= 1")
     r = 100.0 * np.diff(np.log(series.prices))  # r[t-1] is the return of day t
-    lag = max(vol_window, trend_window)
+    lag = max(*windows, trend_window)
     if len(r) <= lag + 1:
         raise ValueError(f"{len(series.prices)} prices are too few for windows of {lag} days; "
                          f"need at least {lag + 3}")
     csum = np.concatenate([[0.0], np.cumsum(r)])
     csq = np.concatenate([[0.0], np.cumsum(r**2)])
     t = np.arange(lag, len(r))  # target index into r; features use r[t - window : t]
-    mean = (csum[t] - csum[t - vol_window]) / vol_window
-    var = (csq[t] - csq[t - vol_window]) / vol_window - mean**2
-    sd = np.sqrt(np.maximum(var * vol_window / (vol_window - 1), 1e-12))
-    X = np.column_stack([r[t - 1], np.log(sd), csum[t] - csum[t - trend_window]])
-    return MarketFeatures(dates=series.dates[t + 1], y=r[t], X=X,
-                          feature_names=("return_lag1", f"log_vol{vol_window}",
-                                         f"trend{trend_window}"),
-                          prices=series.prices[t + 1], name=series.name)
+    cols = [r[t - 1]]
+    for w in windows:
+        mean = (csum[t] - csum[t - w]) / w
+        var = ((csq[t] - csq[t - w]) - w * mean**2) / (w - 1)
+        cols.append(0.5 * np.log(np.maximum(var, 1e-12)))
+    cols.append(csum[t] - csum[t - trend_window])
+    names = ("return_lag1", *(f"log_vol{w}" for w in windows), f"trend{trend_window}")
+    return MarketFeatures(dates=series.dates[t + 1], y=r[t], X=np.column_stack(cols),
+                          feature_names=names, prices=series.prices[t + 1], name=series.name)
 
 
 def rolling_origin_splits(dates: np.ndarray, test_starts: list[str], *,
-                          test_years: int = 2, train_years: int | None = None,
+                          test_years: int = 2, train_start: str | None = None,
                           ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Time-ordered splits: train on the days before each test period, test on that period.
 
@@ -192,9 +195,9 @@ def rolling_origin_splits(dates: np.ndarray, test_starts: list[str], *,
         First day of each test period, e.g. ``["2011-01-01", "2013-01-01"]``.
     test_years : int, default=2
         Length of each test period, in years.
-    train_years : int or None
-        Length of the training window before it; ``None`` uses all earlier days (an
-        expanding window).
+    train_start : str or None
+        First training day (e.g. ``"1929-01-01"``); ``None`` uses all earlier days. Training
+        windows expand: each uses every day from ``train_start`` to its test period.
 
     Returns
     -------
@@ -219,11 +222,8 @@ def rolling_origin_splits(dates: np.ndarray, test_starts: list[str], *,
         year = s.astype("datetime64[Y]").astype(int) + 1970
         end = np.datetime64(f"{year + test_years}-{str(s)[5:]}", "D")
         test = np.flatnonzero((d >= s) & (d < end))
-        if train_years is None:
-            train = np.flatnonzero(d < s)
-        else:
-            first = np.datetime64(f"{year - train_years}-{str(s)[5:]}", "D")
-            train = np.flatnonzero((d >= first) & (d < s))
+        first = np.datetime64(train_start, "D") if train_start is not None else d[0]
+        train = np.flatnonzero((d >= first) & (d < s))
         if len(test) == 0 or len(train) < 100:
             raise ValueError(f"test period starting {start} has {len(test)} test days and "
                              f"{len(train)} training days before it; the data cover "

