@@ -144,7 +144,7 @@ def test_mnist_has_the_standard_split():
     assert np.bincount(test.labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028,
                                                  974, 1009]
     assert load_mnist("train").images.shape == (60000, 28, 28)
-    assert 0.0 <= test.images.min() and test.images.max() <= 1.0
+    assert test.images.min() >= 0.0 and test.images.max() <= 1.0
     # white digits on black: the border is background
     assert test.images[:, 0, :].mean() < 0.01 < test.images[:, 10:18, 10:18].mean()
 

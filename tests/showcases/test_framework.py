@@ -19,11 +19,11 @@ from moekit.showcases import (
     Showcase,
     ShowcaseNotImplementedError,
     ShowcaseResult,
+    _runner,
     get_showcase,
     is_implemented,
     run_showcase,
 )
-from moekit.showcases import _runner
 
 LL = Metric(name="ll", direction="higher", description="log-likelihood per row")
 

@@ -37,7 +37,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -83,7 +83,8 @@ def _test_starts(ds: _Dataset, n: int) -> list[str]:
     return [f"{first + ds.test_years * i}-01-01" for i in range(n)]
 
 
-def _garch(y: np.ndarray, tr: np.ndarray, te: np.ndarray, dist: str) -> tuple[np.ndarray, int]:
+def _garch(y: np.ndarray, tr: np.ndarray, te: np.ndarray,
+           dist: Literal["normal", "t"]) -> tuple[np.ndarray, int]:
     """Held-out one-step log-likelihood of a GARCH(1,1) fitted on ``tr`` (contiguous, before te)."""
     from arch import arch_model
     from scipy import stats
@@ -99,7 +100,7 @@ def _garch(y: np.ndarray, tr: np.ndarray, te: np.ndarray, dist: str) -> tuple[np
     resid = np.asarray(fixed.resid)[te - base]
     vol = np.asarray(fixed.conditional_volatility)[te - base]
     if dist == "normal":
-        return gaussian_logpdf(resid, 0.0, vol), len(fitted.params)
+        return gaussian_logpdf(resid, np.zeros_like(resid), vol), len(fitted.params)
     nu = float(fitted.params["nu"])
     return stats.t.logpdf(resid, nu, scale=vol * np.sqrt((nu - 2.0) / nu)), len(fitted.params)
 
@@ -161,7 +162,7 @@ def evaluate_series(feats: MarketFeatures, splits: list[tuple[np.ndarray, np.nda
         flat = np.full(len(te), mean_train)  # GARCH/Markov means are ~ constant: RMSE of the mean
         for key, dist in (("garch", "normal"), ("garch_t", "t")):
             t0 = time.perf_counter()
-            g_ll, g_n = _garch(y, tr, te, dist)
+            g_ll, g_n = _garch(y, tr, te, dist)  # type: ignore[arg-type]
             record(key, t0, g_ll, flat, g_n)
         t0 = time.perf_counter()
         m_ll, m_n = _markov(y, tr, te)
