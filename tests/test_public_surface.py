@@ -27,10 +27,11 @@ CLI_FLAGS_SNAPSHOT: dict[str, list[str]] = {
     "train": ["--device", "--help", "--output", "--resume", "--steps", "-h", "config"],
 }
 
-LAYERS_ALL = ["FeedForward", "GroupedExperts", "MoELayer", "ModuleExperts", "Router", "RouterConfig",
-              "Routing", "RoutingStats", "SoftMoE", "capacity", "capacity_keep", "cv_squared",
-              "importance_load_loss", "router_z_loss", "switch_load_balancing_loss",
-              "total_aux_loss"]
+LAYERS_ALL = ["DispatchConfig", "ExpertsConfig", "FeedForward", "GroupedExperts", "MoEConfig",
+              "MoELayer", "ModuleExperts", "Router", "RouterConfig", "Routing", "RoutingStats",
+              "SharedExpertsConfig", "SoftMoE", "capacity", "capacity_keep", "cv_squared",
+              "importance_load_loss", "register_router_bias_update", "router_z_loss",
+              "switch_load_balancing_loss", "total_aux_loss", "update_router_biases"]
 
 
 def cli_flags() -> dict[str, list[str]]:
