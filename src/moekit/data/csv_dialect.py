@@ -6,7 +6,9 @@ name, and bytes that the encoding cannot decode (the message names the line, the
 read as in Latin-1, and the ``--encoding`` to pass). Without an explicit encoding a file is read
 as UTF-8, or as UTF-16 when it starts with a UTF-16 byte-order mark (Excel's "Unicode text").
 
-:func:`sniff_delimiter` picks the delimiter among ``,``, ``;``, tab and ``|`` from the first lines.
+:func:`sniff_delimiter` picks the delimiter among ``,``, ``;``, tab and ``|`` from the first lines;
+:func:`read_header_row` reads the header, says which delimiter to pass when the header is one
+column holding another, and recognises pandas' unnamed index column.
 
 Only the standard library.
 """
@@ -225,6 +227,7 @@ def read_header_row(reader: Any, path: str, delimiter: str) -> tuple[list[str], 
 
 
 def resolve_delimiter(f: TextIO, delimiter: str | None) -> str:
+    """``delimiter`` checked, or sniffed from the start of ``f`` (rewound) when None."""
     if delimiter is None:
         return sniff_delimiter(read_sample(f))
     if len(delimiter) != 1 or delimiter in "\"\r\n":
