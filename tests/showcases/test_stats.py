@@ -109,3 +109,10 @@ def test_coefficient_rows_read_an_estimators_summary():
     assert expert1["b"]["std_err"] > 0
     with pytest.raises(ValueError, match="layout changed"):
         coefficient_rows("no table here")
+
+
+def test_unfitted_models_say_so():
+    with pytest.raises(RuntimeError, match="HeteroscedasticLinear is not fitted yet"):
+        HeteroscedasticLinear().predict(np.zeros((2, 1)))
+    with pytest.raises(RuntimeError, match="StratifiedLinear is not fitted yet"):
+        StratifiedLinear().n_parameters

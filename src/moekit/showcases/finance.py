@@ -237,6 +237,10 @@ def regime_reading(feats: MarketFeatures, fits: dict[str, Any]) -> dict[str, Any
     }
 
 
+def _fmt(value: float | None) -> str:
+    return "n/a (fewer than 3 out-of-sample years)" if value is None else f"{value:.2f}"
+
+
 class FinanceShowcase:
     name = "finance"
     description = ("Statistical MoE on daily stock-index returns with the gate on lagged "
@@ -297,7 +301,7 @@ class FinanceShowcase:
                       "it the gate reads only lagged features it was never trained on. "
                       "Out-of-sample correlation, across years, between the gate's mean "
                       "probability of the most turbulent expert and the realised volatility: "
-                      f"{reading['out_of_sample_correlation']}."),
+                      f"{_fmt(reading['out_of_sample_correlation'])}."),
                 tables=[Table(rows=reading["experts"], caption="Experts, calmest first"),
                         Table(rows=reading["yearly"], caption="By year: the gate against the "
                                                               "realised volatility"),
