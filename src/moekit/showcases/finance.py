@@ -185,8 +185,8 @@ def evaluate_series(feats: MarketFeatures, splits: list[tuple[np.ndarray, np.nda
                           train_time_s=float(np.mean(secs[key])),
                           details={"n_experts_by_bic": chosen} if key == "moe" else {})
               for key, label in names.items()]
-    ev = Evaluation(dataset=f"{feats.name}, daily {str(feats.dates[0])[:4]}-"
-                            f"{str(feats.dates[-1])[:4]}",
+    first_day, last_day = feats.dates[splits[0][0][0]], feats.dates[splits[-1][1][-1]]
+    ev = Evaluation(dataset=f"{feats.name}, daily {str(first_day)[:4]}-{str(last_day)[:4]}",
                     metric=LOGLIK, replicates=tuple(labels), models=tuple(models),
                     other_metrics={"rmse": RMSE})
     first["chosen"] = chosen
