@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import optimize, stats
 
-from moekit.showcases._reading import coefficient_rows
+from moekit.showcases._reading import coefficient_rows, model_coefficients
 from moekit.showcases._stats import (
     GaussianLinear,
     HeteroscedasticLinear,
@@ -116,3 +116,32 @@ def test_unfitted_models_say_so():
         HeteroscedasticLinear().predict(np.zeros((2, 1)))
     with pytest.raises(RuntimeError, match="StratifiedLinear is not fitted yet"):
         StratifiedLinear().n_parameters
+
+
+def test_coefficient_rows_tolerate_a_trailing_note():
+    text = ("parameter   coef   std err   z   P>|z|\n"
+            "expert 0: age     0.5000     0.1000     5.00    0.000  penalty-dominated\n"
+            "gate child 1: intercept  -1.0  nan  nan  nan")
+    rows = coefficient_rows(text)
+    assert rows[0] == {"block": "expert 0", "term": "age", "coef": 0.5, "std_err": 0.1,
+                       "z": 5.0, "p_value": 0.0}
+    assert rows[1]["std_err"] is None and rows[1]["block"] == "gate child 1"
+
+
+def test_model_coefficients_prefer_a_summary_frame():
+    pd = pytest.importorskip("pandas")
+
+    class WithFrame:
+        def summary(self, X, y, feature_names):
+            return "a text table"
+
+        def summary_frame(self, X, y, feature_names):
+            index = pd.MultiIndex.from_tuples([("expert 0", "intercept"), ("expert 0", "x")])
+            return pd.DataFrame({"coef": [1.0, 2.0], "std_err": [0.1, float("nan")],
+                                 "z": [10.0, float("nan")], "p_value": [0.0, float("nan")],
+                                 "note": ["", "aliased"]}, index=index)
+
+    rows, text = model_coefficients(WithFrame(), None, None, ["x"])
+    assert text == "a text table"
+    assert [(r["block"], r["term"], r["coef"], r["std_err"]) for r in rows] == [
+        ("expert 0", "intercept", 1.0, 0.1), ("expert 0", "x", 2.0, None)]

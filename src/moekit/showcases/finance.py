@@ -195,7 +195,7 @@ def evaluate_series(feats: MarketFeatures, splits: list[tuple[np.ndarray, np.nda
 
 def regime_reading(feats: MarketFeatures, fits: dict[str, Any]) -> dict[str, Any]:
     """What replicate 0's mixture learned, read over the whole series (module docstring)."""
-    from moekit.showcases._reading import coefficient_rows
+    from moekit.showcases._reading import model_coefficients
 
     sel, Z, tr, te = fits["selection"], fits["Z"], fits["train"], fits["test"]
     model = sel.best_estimator
@@ -222,7 +222,8 @@ def regime_reading(feats: MarketFeatures, fits: dict[str, Any]) -> dict[str, Any
     corr = (float(np.corrcoef([r["mean_gate_most_turbulent"] for r in oos],
                               [r["realised_vol_annualised_percent"] for r in oos])[0, 1])
             if len(oos) >= 3 else None)
-    summary = model.summary(Z[tr], feats.y[tr], feature_names=list(feats.feature_names))
+    coefficients, summary = model_coefficients(model, Z[tr], feats.y[tr],
+                                               list(feats.feature_names))
     return {
         "model": f"MoE, K by BIC, fitted on the days before {feats.dates[te[0]]}",
         "n_experts": int(sel.best_n_experts),
@@ -231,7 +232,7 @@ def regime_reading(feats: MarketFeatures, fits: dict[str, Any]) -> dict[str, Any
         "experts": experts,
         "yearly": yearly,
         "out_of_sample_correlation": corr,
-        "coefficients": coefficient_rows(summary),
+        "coefficients": coefficients,
         "summary": summary,
         "_plot": {"rows": rows, "gate": gate, "split": feats.dates[te[0]]},
     }
