@@ -212,6 +212,19 @@ def test_inference_keeps_nothing_for_backward_and_matches():
     assert torch.equal(y0, y1.detach())
 
 
+def test_frozen_experts_give_the_router_gradient_alone():
+    """Only weights_TK requires a gradient (router fine-tuning): the op skips dx and dW."""
+    gen, x, weights, w_in, b_in, w_down, b_down = layer_inputs(33, 2, 5, 40, 24, True, True, seed=7)
+    idx, keep = routing_case("dropped", 33, 2, 5, gen)
+    frozen = [t.detach() for t in (x, w_in, b_in, w_down, b_down)]
+    y = moe_ffn_triton(frozen[0], idx, weights, keep, *frozen[1:3], *frozen[3:], "swiglu", tiles=TILES)
+    y_ref = ref.moe_ffn_reference(frozen[0], idx, weights, keep, *frozen[1:3], *frozen[3:], 0)
+    g_out = torch.randn(y.shape, generator=gen).to(DEVICE)
+    (got,) = torch.autograd.grad(y, weights, g_out)
+    (want,) = torch.autograd.grad(y_ref, weights, g_out)
+    assert_close(got, want, what="router grad")
+
+
 def test_default_tiles_and_other_tile_shapes_agree():
     gen, x, weights, w_in, b_in, w_down, b_down = layer_inputs(50, 2, 4, 40, 40, True, True, seed=8)
     idx, keep = routing_case("dropped", 50, 2, 4, gen)

@@ -45,10 +45,6 @@ def _tiles(x: torch.Tensor, indices: torch.Tensor, E: int, tiles: typing.Sequenc
     return default_tiles(T * K, T, E, x.dtype, x.device)
 
 
-def _empty_like_missing(t: torch.Tensor | None, ref: torch.Tensor) -> torch.Tensor:
-    return ref.new_empty(0) if t is None else t
-
-
 @torch.library.custom_op("moekit::moe_ffn_triton_fwd", mutates_args=())
 def moe_ffn_triton_fwd(x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor,
                        keep: torch.Tensor | None, w_in: torch.Tensor, b_in: torch.Tensor | None,
@@ -84,9 +80,11 @@ def moe_ffn_triton_bwd(grad_y: torch.Tensor, x: torch.Tensor, indices: torch.Ten
                        keep: torch.Tensor | None, w_in: torch.Tensor, b_in: torch.Tensor | None,
                        w_down: torch.Tensor, b_down: torch.Tensor | None, h: torch.Tensor, code: int,
                        alpha: float, limit: float, tiles: typing.Sequence[int] | None,
+                       need_dx: bool = True, need_dw: bool = True,
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                   torch.Tensor]:
-    """(dx, dweights, dw_in, db_in, dw_down, db_down); a missing bias gets an empty gradient."""
+    """(dx, dweights, dw_in, db_in, dw_down, db_down); a missing bias, or a gradient not asked
+    for (``need_dx``: x; ``need_dw``: weights and biases), comes back empty."""
     L = _launch()
     T, K = indices.shape
     E = w_in.shape[0]
@@ -94,29 +92,39 @@ def moe_ffn_triton_bwd(grad_y: torch.Tensor, x: torch.Tensor, indices: torch.Ten
     cfg = _tiles(x, indices, E, tiles)
     g = grad_y.contiguous()
     if S == 0:
-        return (torch.zeros_like(x), torch.zeros_like(weights), torch.zeros_like(w_in),
-                torch.zeros_like(_empty_like_missing(b_in, x)), torch.zeros_like(w_down),
-                torch.zeros_like(_empty_like_missing(b_down, x)))
+        zeros = torch.zeros_like
+        return (zeros(x) if need_dx else x.new_empty(0), zeros(weights),
+                zeros(w_in) if need_dw else x.new_empty(0),
+                zeros(b_in) if need_dw and b_in is not None else x.new_empty(0),
+                zeros(w_down) if need_dw else x.new_empty(0),
+                zeros(b_down) if need_dw and b_down is not None else x.new_empty(0))
     meta = routing_meta(indices, keep, E, cfg.block_m)
     weights_S = weights.reshape(-1).contiguous()
+    # dweights of dropped slots come back zero: no program writes their rows of the partial sums.
     dh, dweights_S = L.down_backward(g, meta, K, w_down, b_down, h, weights_S, code, alpha, limit, cfg)
-    keep_S = None if keep is None else keep.reshape(-1)  # dweights of dropped slots are zero already
-    dx_SD = L.rows_gemm(dh, meta, K, w_in.transpose(1, 2), None, None, cfg)
-    dx = L.combine(dx_SD, keep_S, T, K, x.dtype)
-    dw_in, db_in = L.weight_grad(x, dh, meta, K, E, True, False, None, None, w_in.dtype, cfg,
-                                 with_bias=b_in is not None)
-    dw_down, db_down = L.weight_grad(h, g, meta, K, E, False, True, weights_S, (code, alpha, limit),
-                                     w_down.dtype, cfg, with_bias=b_down is not None)
-    return (dx, dweights_S.view(T, K).to(weights.dtype), dw_in, _empty_like_missing(db_in, x),
-            dw_down, _empty_like_missing(db_down, x))
+    dx = dw_in = db_in = dw_down = db_down = None
+    if need_dx:
+        dx_SD = L.rows_gemm(dh, meta, K, w_in.transpose(1, 2), None, None, cfg)
+        dx = L.combine(dx_SD, None if keep is None else keep.reshape(-1), T, K, x.dtype)
+    if need_dw:
+        dw_in, db_in = L.weight_grad(x, dh, meta, K, E, True, False, None, None, w_in.dtype, cfg,
+                                     with_bias=b_in is not None)
+        dw_down, db_down = L.weight_grad(h, g, meta, K, E, False, True, weights_S, (code, alpha, limit),
+                                         w_down.dtype, cfg, with_bias=b_down is not None)
+    # Each missing gradient gets its own empty tensor (a custom op's outputs may not alias).
+    return tuple(x.new_empty(0) if t is None else t for t in  # type: ignore[return-value]
+                 (dx, dweights_S.view(T, K).to(weights.dtype), dw_in, db_in, dw_down, db_down))
 
 
 @moe_ffn_triton_bwd.register_fake
 def _bwd_fake(grad_y, x, indices, weights, keep, w_in, b_in, w_down, b_down, h, code, alpha, limit,  # type: ignore[no-untyped-def]
-              tiles):
-    return (torch.empty_like(x), torch.empty_like(weights), torch.empty_like(w_in),
-            torch.empty_like(_empty_like_missing(b_in, x)), torch.empty_like(w_down),
-            torch.empty_like(_empty_like_missing(b_down, x)))
+              tiles, need_dx=True, need_dw=True):
+    like = torch.empty_like
+    return (like(x) if need_dx else x.new_empty(0), like(weights),
+            like(w_in) if need_dw else x.new_empty(0),
+            like(b_in) if need_dw and b_in is not None else x.new_empty(0),
+            like(w_down) if need_dw else x.new_empty(0),
+            like(b_down) if need_dw and b_down is not None else x.new_empty(0))
 
 
 def _setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
@@ -131,10 +139,13 @@ def _backward(ctx, grad_y, grad_h):  # type: ignore[no-untyped-def]
     if not ctx.store_h:
         raise RuntimeError("moe_ffn_triton_fwd ran with store_h=False, so it kept nothing for a "
                            "backward; call moe_ffn_triton (which sets it when a gradient is needed)")
+    need = ctx.needs_input_grad
+    need_dx, need_dw = need[0], any(need[i] for i in (4, 5, 6, 7))
     dx, dweights, dw_in, db_in, dw_down, db_down = moe_ffn_triton_bwd(
-        grad_y, x, indices, weights, keep, w_in, b_in, w_down, b_down, h, *ctx.args)
-    return (dx, None, dweights, None, dw_in, None if b_in is None else db_in, dw_down,
-            None if b_down is None else db_down, None, None, None, None, None)
+        grad_y, x, indices, weights, keep, w_in, b_in, w_down, b_down, h, *ctx.args, need_dx, need_dw)
+    return (dx if need_dx else None, None, dweights, None, dw_in if need_dw else None,
+            db_in if need_dw and b_in is not None else None, dw_down if need_dw else None,
+            db_down if need_dw and b_down is not None else None, None, None, None, None, None)
 
 
 moe_ffn_triton_fwd.register_autograd(_backward, setup_context=_setup_context)
