@@ -371,6 +371,63 @@ def test_torch_compile_keeps_the_op_whole_and_matches_eager():
         assert torch.equal(a, b)
 
 
+# -------------------------------------------------------------------- the layer's backend="triton"
+
+
+LAYER_CASES = [  # keywords of MoELayer; d_model 40 and d_ff 24 multiples of no tile
+    {"activation": "swiglu"},
+    {"activation": "geglu", "capacity_factor": 0.6, "expert_bias": True},
+    {"activation": "relu", "router": "expert_choice", "top_k": 2},
+    {"activation": "silu", "num_shared_experts": 1, "router": "sigmoid_bias", "top_k": 3},
+]
+
+
+@pytest.mark.parametrize("kw", LAYER_CASES)
+def test_moe_layer_triton_backend_equals_loop(kw):
+    from moekit.layers import MoELayer
+
+    torch.manual_seed(4)
+    layer = MoELayer(40, 24, 6, **{"top_k": 2, **kw}, backend="triton").to(DEVICE)
+    if layer.experts.b_in is not None:
+        with torch.no_grad():
+            layer.experts.b_in.normal_()
+            layer.experts.b_down.normal_()
+    assert layer.dispatcher.name == "triton"
+    x = torch.randn(3, 11, 40, device=DEVICE, requires_grad=True)
+    params = [x, layer.router.weight, layer.experts.w_in, layer.experts.w_down]
+    runs = {}
+    for backend in ("triton", "loop"):
+        layer.backend = backend
+        y = layer(x)
+        runs[backend] = [y, *torch.autograd.grad(y, params, torch.ones_like(y) / y.numel() ** 0.5)]
+    for name, a, b in zip(("y", "x", "router", "w_in", "w_down"), runs["triton"], runs["loop"]):
+        assert_close(a, b, tol=5e-4, what=f"{kw} {name}")
+
+
+def test_triton_backend_needs_grouped_experts_and_is_never_automatic():
+    from moekit.kernels import available_backends
+    from moekit.layers import MoELayer
+
+    assert MoELayer(16, 32, 4).backend == "grouped_mm"
+    with pytest.raises(ValueError, match="backend='triton' needs grouped FFN experts"):
+        MoELayer(16, 32, 2, 1, experts=[torch.nn.Linear(16, 16), torch.nn.Linear(16, 16)], backend="triton")
+    status = available_backends(DEVICE)["triton"]
+    assert status is not None and ("not chosen automatically" in status or "interpreter" in status)
+
+
+def test_triton_backend_falls_back_to_grouped_mm_where_kernels_cannot_run():
+    from moekit.kernels import available_backends
+    from moekit.layers import MoELayer
+
+    torch.manual_seed(5)
+    layer = MoELayer(16, 24, 4, backend="triton").double()  # float64: not a Triton dtype
+    x = torch.randn(7, 16, dtype=torch.float64)
+    y = layer(x)
+    layer.backend = "loop"
+    torch.testing.assert_close(y, layer(x))
+    assert available_backends("cpu", torch.float64)["triton"].startswith("falls back to grouped_mm: dtype")
+
+
 # -------------------------------------------------------------------- bad input
 
 
