@@ -14,7 +14,8 @@ Columns: forward and forward+backward milliseconds (CUDA events around each call
 median), TFLOP/s of useful expert FLOPs, throughput ratios (dense time / row time; grouped_mm time
 / row time), peak memory of one forward+backward above what was allocated before (MiB), and the
 largest difference of the output from the grouped_mm row. Decode rows (T = 1, 8, 64, forward
-under no_grad, the L2 cache flushed before each call): bytes of the active experts' weights
+under no_grad, the L2 cache flushed before each call; ``triton graph`` is the same call replayed
+from a CUDA graph, i.e. without Python and launch overhead): bytes of the active experts' weights
 (read once at least) over time, as GB/s and as a fraction of the device-to-device copy bandwidth
 measured in the same run.
 
@@ -211,6 +212,7 @@ def bench_decode(name: str, D: int, Fh: int, E: int, K: int, dtype: torch.dtype,
         row: dict = {"shape": name, "T": T, "active_experts": active, "weight_bytes": weight_bytes}  # type: ignore[type-arg]
         fns = {"triton": lambda x=x, idx=idx, w=w_TK: moe_ffn_triton(x, idx, w, None, w_in_, None, w_down_, None, "swiglu"),
                "grouped_mm": lambda x=x, idx=idx, w=w_TK: grouped_mm_ffn(x, idx, w, w_in_, w_down_)}
+        fns["triton graph"] = _graphed(fns["triton"])
         for label, fn in fns.items():
             try:
                 with torch.no_grad():
@@ -222,6 +224,29 @@ def bench_decode(name: str, D: int, Fh: int, E: int, K: int, dtype: torch.dtype,
                 row[f"{label}_skipped"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
         rows.append(row)
     return rows
+
+
+def _graphed(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` captured in a CUDA graph (captured on first call, after a warm-up): kernel time
+    without Python and launch overhead. Raises what the capture raises."""
+    graph: list[torch.cuda.CUDAGraph] = []
+
+    def run() -> object:
+        if not graph:
+            with torch.no_grad():
+                stream = torch.cuda.Stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):
+                    fn()
+                torch.cuda.current_stream().wait_stream(stream)
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g):
+                    fn()
+            graph.append(g)
+        graph[0].replay()
+        return None
+
+    return run
 
 
 def _f(v: float | None, fmt: str = "{:.2f}") -> str:
@@ -247,7 +272,7 @@ def print_tables(record: dict) -> None:  # type: ignore[type-arg]
         print(f"  decode (forward, no_grad, L2 flushed; copy bandwidth {record['copy_bw_gbps']:.0f} GB/s):")
         for d in shape["decode"]:
             parts = [f"T={d['T']:>3} experts={d['active_experts']:>4}"]
-            for label in ("triton", "grouped_mm"):
+            for label in ("triton", "triton graph", "grouped_mm"):
                 if f"{label}_ms" in d:
                     parts.append(f"{label} {d[f'{label}_ms'] * 1e3:8.1f} us {d[f'{label}_gbps']:7.0f} GB/s "
                                  f"({d[f'{label}_frac_copy_bw']:.2f} of copy)")

@@ -59,8 +59,9 @@ class TileConfig:
     Parameters
     ----------
     block_m : rows of the expert buffer per tile (one tile never spans two experts).
-    block_n : output columns per program.
-    block_k : reduction step.
+    block_n : output columns per program (the kernels that hold gate and up side by side take
+        ``block_n // 2`` of each from ``block_n = 64`` up).
+    block_k : reduction step (the weight-gradient kernel steps ``block_k // 2`` rows from 64 up).
     group_m : tiles that walk the output columns together (L2 reuse of the weights).
     num_warps, num_stages : passed to the Triton launch (ignored by the interpreter).
 
@@ -106,6 +107,13 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
+def decode_block_m(num_tokens: int) -> int:
+    """Tile rows for T <= 64 tokens: ``>= T`` (and >= 16 for ``tl.dot``), so that each expert's
+    rows (at most T when a token's K experts are distinct) fit one tile and every active expert's
+    weights are read once."""
+    return min(64, max(16, _next_pow2(num_tokens)))
+
+
 def default_tiles(num_slots: int, num_tokens: int, num_experts: int, dtype: torch.dtype,
                   device: torch.device) -> TileConfig:
     """Tile sizes from host-known shapes only (so a CUDA graph or a compiled graph stays static).
@@ -119,8 +127,7 @@ def default_tiles(num_slots: int, num_tokens: int, num_experts: int, dtype: torc
         return TileConfig(block_m=32, block_n=32, block_k=32, group_m=4, num_warps=1, num_stages=1)
     stages = 3 if _shared_memory(device) >= 160 * 1024 else 2
     if num_tokens <= 64:
-        bm = min(64, max(16, _next_pow2(num_tokens)))
-        return TileConfig(block_m=bm, block_n=64, block_k=128 if dtype != torch.float32 else 64,
+        return TileConfig(block_m=decode_block_m(num_tokens), block_n=64, block_k=128 if dtype != torch.float32 else 64,
                           group_m=1, num_warps=4, num_stages=stages)
     if dtype == torch.float32:
         return TileConfig(block_m=64, block_n=64, block_k=32, group_m=8, num_warps=4, num_stages=stages)

@@ -44,26 +44,29 @@ def down_bwd_kernel(g_ptr, w_ptr, bd_ptr, h_ptr, rw_ptr, dh_ptr, part_ptr,
     tok = (slots // K_TOP).to(tl.int64)
     cols = pid_n * BN + tl.arange(0, BN)
     cmask = cols < F
-    cols64 = cols.to(tl.int64)
+    rk = tl.arange(0, BK)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     bdot = tl.zeros((BM,), dtype=tl.float32)
-    w_base = w_ptr + e64 * stride_we
+    g_ptrs = g_ptr + tok[:, None] * stride_gt + rk[None, :]
+    b_ptrs = w_ptr + e64 * stride_we + rk[:, None] * stride_wd + cols[None, :] * stride_wf
+    bias_ptrs = bd_ptr + e64 * stride_be + rk
     for k0 in range(0, D, BK):
-        ks = k0 + tl.arange(0, BK)
-        kmask = ks < D
-        gt = tl.load(g_ptr + tok[:, None] * stride_gt + ks[None, :],
-                     mask=rmask[:, None] & kmask[None, :], other=0.0)
-        b = tl.load(w_base + ks[:, None].to(tl.int64) * stride_wd + cols64[None, :] * stride_wf,
-                    mask=kmask[:, None] & cmask[None, :], other=0.0)
+        kmask = rk < D - k0
+        gt = tl.load(g_ptrs, mask=rmask[:, None] & kmask[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=kmask[:, None] & cmask[None, :], other=0.0)
         acc = tl.dot(gt, b, acc, input_precision=PRECISION)
         if HAS_BIAS:  # noqa: SIM102 - a constexpr test on its own is pruned at compile time
             if pid_n == 0:
-                bias = tl.load(bd_ptr + e64 * stride_be + ks, mask=kmask, other=0.0).to(tl.float32)
+                bias = tl.load(bias_ptrs, mask=kmask, other=0.0).to(tl.float32)
                 bdot += tl.sum(gt.to(tl.float32) * bias[None, :], axis=1)
+        g_ptrs += BK
+        b_ptrs += BK * stride_wd
+        bias_ptrs += BK
     omask = rmask[:, None] & cmask[None, :]
-    hg = tl.load(h_ptr + rows64[:, None] * stride_hr + cols64[None, :], mask=omask, other=0.0)
+    h_ptrs = h_ptr + rows64[:, None] * stride_hr + cols[None, :]
+    hg = tl.load(h_ptrs, mask=omask, other=0.0)
     if GATED:
-        hu = tl.load(h_ptr + rows64[:, None] * stride_hr + (cols64 + F)[None, :], mask=omask, other=0.0)
+        hu = tl.load(h_ptrs + F, mask=omask, other=0.0)
     else:
         hu = hg
     hg = hg.to(tl.float32)
@@ -76,10 +79,10 @@ def down_bwd_kernel(g_ptr, w_ptr, bd_ptr, h_ptr, rw_ptr, dh_ptr, part_ptr,
     tl.store(part_ptr + slots.to(tl.int64) * NPN + pid_n, part, mask=rmask)
     da = acc * tl.load(rw_ptr + slots, mask=rmask, other=0.0)[:, None]
     dg, du = act_bwd(da, hg, hu, alpha, limit, ACT)
-    dh_rows = dh_ptr + rows64[:, None] * stride_dr
-    tl.store(dh_rows + cols64[None, :], dg.to(dh_ptr.dtype.element_ty), mask=omask)
+    dh_ptrs = dh_ptr + rows64[:, None] * stride_dr + cols[None, :]
+    tl.store(dh_ptrs, dg.to(dh_ptr.dtype.element_ty), mask=omask)
     if GATED:
-        tl.store(dh_rows + (cols64 + F)[None, :], du.to(dh_ptr.dtype.element_ty), mask=omask)
+        tl.store(dh_ptrs + F, du.to(dh_ptr.dtype.element_ty), mask=omask)
 
 
 @triton.jit
@@ -111,7 +114,6 @@ def wgrad_kernel(l_ptr, r_ptr, rw_ptr, out_ptr, bias_ptr, slot_ptr, offsets_ptr,
     ns = pid_n * BN + tl.arange(0, BN)
     mmask = ms < M
     nmask = ns < N
-    ms64 = ms.to(tl.int64)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     bacc = tl.zeros((BN,), dtype=tl.float32)
     for r0 in range(start, end, BK):
@@ -128,10 +130,11 @@ def wgrad_kernel(l_ptr, r_ptr, rw_ptr, out_ptr, bias_ptr, slot_ptr, offsets_ptr,
         else:
             rrow = rs.to(tl.int64)
         lmask = mmask[:, None] & rmask[None, :]
-        lt = tl.load(l_ptr + lrow[None, :] * stride_lr + ms64[:, None], mask=lmask, other=0.0)
+        l_ptrs = l_ptr + lrow[None, :] * stride_lr + ms[:, None]
+        lt = tl.load(l_ptrs, mask=lmask, other=0.0)
         if LEFT_ACT >= 0:
             if GATED:
-                lu = tl.load(l_ptr + lrow[None, :] * stride_lr + (ms64 + F_UP)[:, None], mask=lmask, other=0.0)
+                lu = tl.load(l_ptrs + F_UP, mask=lmask, other=0.0)
             else:
                 lu = lt
             lt = act_fwd(lt.to(tl.float32), lu.to(tl.float32), alpha, limit, LEFT_ACT).to(l_ptr.dtype.element_ty)
@@ -145,7 +148,7 @@ def wgrad_kernel(l_ptr, r_ptr, rw_ptr, out_ptr, bias_ptr, slot_ptr, offsets_ptr,
             if pid_m == 0:
                 bacc += tl.sum(rt.to(tl.float32), axis=0)
     e64 = e.to(tl.int64)
-    tl.store(out_ptr + e64 * stride_oe + ms64[:, None] * stride_om + ns[None, :],
+    tl.store(out_ptr + e64 * stride_oe + ms[:, None] * stride_om + ns[None, :],
              acc.to(out_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
     if HAS_BIAS:  # noqa: SIM102 - a constexpr test on its own is pruned at compile time
         if pid_m == 0:

@@ -7,7 +7,9 @@ Every GEMM program owns one (tile, column block): a tile is ``BM`` rows of one e
 :mod:`~moekit.kernels.moe_triton.routing`), so its weight operand is that expert's matrix. Tiles
 past the last real one return at once. Programs walk tiles in groups of ``GROUP_M`` along the
 columns so that neighbouring programs share weight blocks in L2. Offsets into tensors are
-computed in int64 (row x stride overflows int32 at real sizes).
+computed in int64 where a row index meets a stride (T x D overflows int32 at real sizes); offsets
+inside one expert's weight matrix stay int32 (fewer registers), which holds while a matrix has
+fewer than 2**31 elements.
 """
 
 from __future__ import annotations
@@ -52,22 +54,23 @@ def gate_up_kernel(x_ptr, w_ptr, b_ptr, h_ptr, a_ptr,
     tok = (tl.load(slot_ptr + rows, mask=rmask, other=0) // K_TOP).to(tl.int64)
     cols = pid_n * BN + tl.arange(0, BN)
     cmask = cols < F
-    cols64 = cols.to(tl.int64)
+    rk = tl.arange(0, BK)
     acc_g = tl.zeros((BM, BN), dtype=tl.float32)
     acc_u = tl.zeros((BM, BN), dtype=tl.float32)
-    w_base = w_ptr + e64 * stride_we
+    # Pointers built once and stepped along k (int64 only where row x stride can overflow).
+    a_ptrs = x_ptr + tok[:, None] * stride_xt + rk[None, :]
+    bg_ptrs = w_ptr + e64 * stride_we + rk[:, None] * stride_wd + cols[None, :] * stride_wh
     for k0 in range(0, D, BK):
-        ks = k0 + tl.arange(0, BK)
-        kmask = ks < D
-        a = tl.load(x_ptr + tok[:, None] * stride_xt + ks[None, :],
-                    mask=rmask[:, None] & kmask[None, :], other=0.0)
-        w_rows = w_base + ks[:, None].to(tl.int64) * stride_wd
+        kmask = rk < D - k0
+        a = tl.load(a_ptrs, mask=rmask[:, None] & kmask[None, :], other=0.0)
         bmask = kmask[:, None] & cmask[None, :]
-        bg = tl.load(w_rows + cols64[None, :] * stride_wh, mask=bmask, other=0.0)
+        bg = tl.load(bg_ptrs, mask=bmask, other=0.0)
         acc_g = tl.dot(a, bg, acc_g, input_precision=PRECISION)
         if GATED:
-            bu = tl.load(w_rows + (cols64 + F)[None, :] * stride_wh, mask=bmask, other=0.0)
+            bu = tl.load(bg_ptrs + F * stride_wh, mask=bmask, other=0.0)
             acc_u = tl.dot(a, bu, acc_u, input_precision=PRECISION)
+        a_ptrs += BK
+        bg_ptrs += BK * stride_wd
     if HAS_BIAS:
         acc_g += tl.load(b_ptr + e64 * stride_be + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
         if GATED:
@@ -78,9 +81,10 @@ def gate_up_kernel(x_ptr, w_ptr, b_ptr, h_ptr, a_ptr,
     omask = rmask[:, None] & cmask[None, :]
     rows64 = rows.to(tl.int64)
     if STORE_H:
-        tl.store(h_ptr + rows64[:, None] * stride_hr + cols[None, :], hg, mask=omask)
+        h_ptrs = h_ptr + rows64[:, None] * stride_hr + cols[None, :]
+        tl.store(h_ptrs, hg, mask=omask)
         if GATED:
-            tl.store(h_ptr + rows64[:, None] * stride_hr + (cols + F)[None, :], hu, mask=omask)
+            tl.store(h_ptrs + F, hu, mask=omask)
     out = act_fwd(hg.to(tl.float32), hu.to(tl.float32), alpha, limit, ACT)
     tl.store(a_ptr + rows64[:, None] * stride_ar + cols[None, :], out.to(a_ptr.dtype.element_ty), mask=omask)
 
@@ -110,16 +114,17 @@ def rows_gemm_kernel(a_ptr, w_ptr, b_ptr, rw_ptr, out_ptr,
     rows64 = rows.to(tl.int64)
     cols = pid_n * BN + tl.arange(0, BN)
     cmask = cols < N
+    rk = tl.arange(0, BK)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
-    w_base = w_ptr + e64 * stride_we
+    a_ptrs = a_ptr + rows64[:, None] * stride_ar + rk[None, :]
+    b_ptrs = w_ptr + e64 * stride_we + rk[:, None] * stride_wk + cols[None, :] * stride_wn
     for k0 in range(0, KD, BK):
-        ks = k0 + tl.arange(0, BK)
-        kmask = ks < KD
-        a = tl.load(a_ptr + rows64[:, None] * stride_ar + ks[None, :],
-                    mask=rmask[:, None] & kmask[None, :], other=0.0)
-        b = tl.load(w_base + ks[:, None].to(tl.int64) * stride_wk + cols[None, :].to(tl.int64) * stride_wn,
-                    mask=kmask[:, None] & cmask[None, :], other=0.0)
+        kmask = rk < KD - k0
+        a = tl.load(a_ptrs, mask=rmask[:, None] & kmask[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=kmask[:, None] & cmask[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        a_ptrs += BK
+        b_ptrs += BK * stride_wk
     if HAS_BIAS:
         acc += tl.load(b_ptr + e64 * stride_be + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
     slots = tl.load(slot_ptr + rows, mask=rmask, other=0)

@@ -33,6 +33,18 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
+def gated_block_n(tiles: TileConfig) -> int:
+    """Columns per program of the kernels that hold gate and up tiles side by side: half of
+    ``block_n`` (from 64 up), so that their registers match a one-accumulator GEMM's."""
+    return tiles.block_n // 2 if tiles.block_n >= 64 else tiles.block_n
+
+
+def wgrad_block_k(tiles: TileConfig) -> int:
+    """Rows per step of the weight-gradient kernel: half of ``block_k`` (from 64 up), since each
+    step holds two operand tiles in float32 (and, for ``dW_down``, the recomputed activation)."""
+    return tiles.block_k // 2 if tiles.block_k >= 64 else tiles.block_k
+
+
 def _launch_options(tiles: TileConfig) -> dict[str, int]:
     return {} if INTERPRETED else {"num_warps": tiles.num_warps, "num_stages": tiles.num_stages}
 
@@ -50,7 +62,8 @@ def gate_up(x_TD: torch.Tensor, meta: RoutingMeta, K: int, w_in: torch.Tensor, b
     G = meta.tile_expert_G.shape[0]
     if G == 0 or Fh == 0:
         return a, h
-    bm, bn, bk = tiles.block_m, tiles.block_n, tiles.block_k
+    bm, bk = tiles.block_m, tiles.block_k
+    bn = gated_block_n(tiles) if gated else tiles.block_n
     hh = a if h is None else h
     bias = w_in if b_in is None else b_in
     gate_up_kernel[(G * triton.cdiv(Fh, bn),)](
@@ -108,7 +121,7 @@ def down_backward(g_TD: torch.Tensor, meta: RoutingMeta, K: int, w_down: torch.T
     S, H = h_RH.shape
     Fh, D = w_down.shape[1], w_down.shape[2]
     dh = torch.empty(S, H, dtype=h_RH.dtype, device=h_RH.device)
-    bn = tiles.block_n
+    bn = gated_block_n(tiles) if code in GATED_CODES else tiles.block_n
     npn = triton.cdiv(Fh, bn)
     part = torch.zeros(S, max(npn, 1), dtype=torch.float32, device=g_TD.device)
     G = meta.tile_expert_G.shape[0]
@@ -149,9 +162,9 @@ def weight_grad(left_R: torch.Tensor, right_R: torch.Tensor, meta: RoutingMeta, 
         alpha, limit,
         LEFT_GATHER=left_gather, LEFT_ACT=code, GATED=gated, RIGHT_GATHER=right_gather,
         RIGHT_SCALE=weights_S is not None, HAS_BIAS=with_bias, PRECISION=dot_precision(left_R.dtype),
-        BM=bm, BN=bn, BK=tiles.block_k, **_launch_options(tiles))
+        BM=bm, BN=bn, BK=wgrad_block_k(tiles), **_launch_options(tiles))
     return dW, db
 
 
 __all__ = ["ACT_CODES", "INTERPRETED", "combine", "down_backward", "dot_precision", "gate_up",
-           "rows_gemm", "weight_grad"]
+           "gated_block_n", "rows_gemm", "weight_grad", "wgrad_block_k"]

@@ -279,6 +279,8 @@ def _check_indices(indices_TK: torch.Tensor, E: int) -> None:
     """
     if indices_TK.numel() == 0 or torch.compiler.is_compiling():
         return
+    if indices_TK.is_cuda and torch.cuda.is_current_stream_capturing():
+        return  # a CUDA graph replays with new indices anyway: the check would guard one capture
     ok = (indices_TK >= 0).all() & (indices_TK < E).all()
     if indices_TK.device.type == "cpu":
         if not bool(ok):
