@@ -22,6 +22,12 @@ measured in the same run.
     python benchmarks/bench_triton.py --json bench_triton.json          # ~1-2 minutes on an H200
     python benchmarks/bench_triton.py --shapes qwen3 --tiles 64,128,64,8,4,3 --tiles 128,128,64,8,8,3
     python benchmarks/bench_triton.py --scale 8 --repeats 5             # a quick look
+    python benchmarks/bench_triton.py --compile-only 90                 # no GPU needed
+
+``--compile-only ARCH`` compiles every kernel variant the op launches for ``sm_ARCH`` (no GPU
+needed, Triton's bundled ptxas) and prints registers, spills (stack bytes) and shared memory per
+kernel: the pipelined matmul of Triton's tutorial at the same tile takes ~115 registers, no stack,
+and 72 KiB of shared memory (3 stages) on sm_90 with Triton 3.9. A stack above zero means spills.
 """
 
 from __future__ import annotations
@@ -135,14 +141,17 @@ def bench_shape(name: str, args: argparse.Namespace, dtype: torch.dtype, tiles_l
     T, D, Fh, E, K = SHAPES[name]
     D, Fh = max(64, D // args.scale), max(64, Fh // args.scale)
     T = max(64, T // args.scale) if args.tokens is None else args.tokens
-    g = torch.Generator().manual_seed(0)
-    x = (torch.randn(T, D, generator=g) * 0.5).to("cuda", dtype).requires_grad_()
-    w_in = (torch.randn(E, D, 2 * Fh, generator=g) * D**-0.5).to("cuda", dtype).requires_grad_()
-    w_down = (torch.randn(E, Fh, D, generator=g) * Fh**-0.5).to("cuda", dtype).requires_grad_()
+    g = torch.Generator().manual_seed(0)  # routing, on the host
+    gd = torch.Generator(device="cuda").manual_seed(0)  # weights, drawn on the device (GBs at full size)
+
+    def rnd(*shape: int, scale: float) -> torch.Tensor:
+        return (torch.randn(*shape, generator=gd, device="cuda") * scale).to(dtype).requires_grad_()
+
+    x = rnd(T, D, scale=0.5)
+    w_in, w_down = rnd(E, D, 2 * Fh, scale=D**-0.5), rnd(E, Fh, D, scale=Fh**-0.5)
     idx, w_TK = routing(T, K, E, args.balanced, g)
     w_TK.requires_grad_()
-    wd_in = (torch.randn(D, 2 * K * Fh, generator=g) * D**-0.5).to("cuda", dtype).requires_grad_()
-    wd_down = (torch.randn(K * Fh, D, generator=g) * (K * Fh) ** -0.5).to("cuda", dtype).requires_grad_()
+    wd_in, wd_down = rnd(D, 2 * K * Fh, scale=D**-0.5), rnd(K * Fh, D, scale=(K * Fh) ** -0.5)
     flops_fwd = 2.0 * T * K * D * 3 * Fh
     grad_y = torch.randn(T, D, device="cuda", dtype=dtype)
 
@@ -205,7 +214,7 @@ def bench_decode(name: str, D: int, Fh: int, E: int, K: int, dtype: torch.dtype,
     rows = []
     w_in_, w_down_ = w_in.detach(), w_down.detach()
     for T in DECODE_TOKENS:
-        x = torch.randn(T, D, generator=g).to("cuda", dtype)
+        x = torch.randn(T, D, device="cuda", dtype=dtype)
         idx, w_TK = routing(T, K, E, args.balanced, g)
         active = int(torch.unique(idx).numel())
         weight_bytes = active * (D * 2 * Fh + Fh * D) * w_in.element_size()
@@ -281,6 +290,79 @@ def print_tables(record: dict) -> None:  # type: ignore[type-arg]
             print("    " + "  |  ".join(parts))
 
 
+def compile_only(arch: int) -> int:
+    """Compile every kernel variant for ``sm_{arch}`` without a GPU; print resources per kernel.
+
+    Integer arguments that are multiples of 16 at real sizes get Triton's divisibility hint and
+    unit strides are constants, as the JIT specializes them at run time."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from moekit.kernels.moe_triton import jit_bwd, jit_fwd
+    from moekit.kernels.moe_triton.config import TileConfig
+    from moekit.kernels.moe_triton.launch import gated_block_n, wgrad_block_k
+
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    index_ptrs = {"slot_ptr", "offsets_ptr", "tile_expert_ptr", "tile_row_ptr"}
+
+    def arg_type(name: str, dt: str) -> str:
+        if name.endswith("_ptr"):
+            return "*i32" if name in index_ptrs else "*fp32" if name in ("rw_ptr", "part_ptr") else \
+                "*u8" if name == "keep_ptr" else f"*{dt}"
+        return "fp32" if name in ("alpha", "limit") else "i32"
+
+    def build(fn, dt: str, consts: dict, ones: tuple, tiles: TileConfig) -> str:  # type: ignore[type-arg]
+        consts = {**consts, **dict.fromkeys(ones, 1)}
+        sig = {n: "constexpr" if n in consts else arg_type(n, dt) for n in fn.arg_names}
+        attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(sig)
+                 if sig[n].startswith("*") or n.startswith("stride") or n in ("D", "F", "N", "KD", "M")}
+        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
+                           target=GPUTarget("cuda", arch, 32),
+                           options={"num_warps": tiles.num_warps, "num_stages": tiles.num_stages})
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(k.asm["cubin"])
+            f.flush()
+            out = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
+        m = re.search(r"REG:(\d+) STACK:(\d+)", out)
+        regs = f"{m.group(1):>4} regs {m.group(2):>5} B stack" if m else "(cuobjdump gave no usage)"
+        return f"{regs} {k.metadata.shared / 1024:6.1f} KiB shared"
+
+    configs = {"bf16 prefill bm64": ("bf16", TileConfig(block_m=64, block_n=128, block_k=64, num_warps=4, num_stages=3)),
+               "bf16 prefill bm128": ("bf16", TileConfig(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3)),
+               "bf16 decode bm16": ("bf16", TileConfig(block_m=16, block_n=64, block_k=128, group_m=1, num_stages=3)),
+               "fp32 bm64": ("fp32", TileConfig(block_m=64, block_n=64, block_k=32, num_stages=3))}
+    failed = 0
+    for cname, (dt, t) in configs.items():
+        prec = "ieee" if dt == "fp32" else "tf32"
+        full = {"PRECISION": prec, "BM": t.block_m, "BN": t.block_n, "BK": t.block_k, "GROUP_M": t.group_m}
+        half = {**full, "BN": gated_block_n(t)}
+        wg = {"PRECISION": prec, "BM": t.block_m, "BN": t.block_n, "BK": wgrad_block_k(t)}
+        variants = [
+            ("gate_up swiglu+h", jit_fwd.gate_up_kernel, {**half, "ACT": 0, "GATED": True, "HAS_BIAS": False, "STORE_H": True}, ("stride_wh",)),
+            ("gate_up gpt-oss+bias", jit_fwd.gate_up_kernel, {**half, "ACT": 5, "GATED": True, "HAS_BIAS": True, "STORE_H": False}, ("stride_wh",)),
+            ("down (rows_gemm)", jit_fwd.rows_gemm_kernel, {**full, "HAS_BIAS": True, "HAS_WEIGHT": True}, ("stride_wn",)),
+            ("dx (rows_gemm)", jit_fwd.rows_gemm_kernel, {**full, "HAS_BIAS": False, "HAS_WEIGHT": False}, ("stride_wk",)),
+            ("down_bwd swiglu+bias", jit_bwd.down_bwd_kernel, {**half, "ACT": 0, "GATED": True, "HAS_BIAS": True}, ("stride_wd",)),
+            ("dW_in (wgrad)", jit_bwd.wgrad_kernel, {**wg, "LEFT_GATHER": True, "LEFT_ACT": -1, "GATED": False, "RIGHT_GATHER": False, "RIGHT_SCALE": False, "HAS_BIAS": True}, ()),
+            ("dW_down (wgrad)", jit_bwd.wgrad_kernel, {**wg, "LEFT_GATHER": False, "LEFT_ACT": 0, "GATED": True, "RIGHT_GATHER": True, "RIGHT_SCALE": True, "HAS_BIAS": True}, ()),
+        ]
+        for label, fn, consts, ones in variants:
+            try:
+                print(f"sm_{arch} {cname:20s} {label:22s} {build(fn, dt, consts, ones, t)}", flush=True)
+            except Exception as err:  # report every variant, then fail
+                failed += 1
+                print(f"sm_{arch} {cname:20s} {label:22s} FAILED: {type(err).__name__}: {str(err)[:300]}")
+    t = TileConfig()
+    print(f"sm_{arch} {'combine':43s} {build(jit_fwd.combine_kernel, 'bf16', {'HAS_KEEP': True, 'BT': 8, 'BN': 256}, (), t)}")
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", default="mixtral,olmoe,qwen3", help="comma list of mixtral, olmoe, qwen3")
@@ -293,7 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiles", type=parse_tiles, action="append", default=None,
                         help="extra triton row with these tiles: block_m,block_n,block_k,group_m,num_warps,num_stages")
     parser.add_argument("--json", default=None, help="write the record here")
+    parser.add_argument("--compile-only", type=int, default=None, metavar="ARCH",
+                        help="compile the kernels for sm_ARCH (e.g. 80, 90) and print their resources; no GPU needed")
     args = parser.parse_args(argv)
+    if args.compile_only is not None:
+        return compile_only(args.compile_only)
     if not torch.cuda.is_available():
         _fail("needs a CUDA GPU (torch.cuda.is_available() is False here); the Triton kernels' "
               "correctness on CPU is covered by `TRITON_INTERPRET=1 pytest tests/kernels/test_moe_triton.py`")
