@@ -582,3 +582,21 @@ def test_gpu_torch_compile_inductor_matches_eager():
 
     y = torch.compile(layer, fullgraph=True)(x, weights)
     assert torch.equal(y, layer(x, weights))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("capacity_factor", [None, 1.0])
+def test_gpu_moe_layer_triton_backend_equals_loop(capacity_factor):
+    from moekit.layers import MoELayer
+
+    torch.manual_seed(0)
+    layer = MoELayer(512, 768, 16, 4, capacity_factor=capacity_factor, backend="triton").cuda().to(torch.bfloat16)
+    x = torch.randn(2, 300, 512, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    params = [x, layer.router.weight, layer.experts.w_in, layer.experts.w_down]
+    runs = {}
+    for backend in ("triton", "loop"):
+        layer.backend = backend
+        y = layer(x)
+        runs[backend] = [y, *torch.autograd.grad(y.float().pow(2).sum(), params)]
+    for name, a, b in zip(("y", "x", "router", "w_in", "w_down"), runs["triton"], runs["loop"]):
+        assert_close(a.float(), b.float(), tol=3e-2, what=name)
