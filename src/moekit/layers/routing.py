@@ -332,6 +332,10 @@ class Router(nn.Module):
             probs_TE = probs_TE / (probs_TE.sum(dim=-1, keepdim=True) + 1e-20)
         return losses.switch_load_balancing_loss(probs_TE, routing.indices_TK)
 
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"kind={c.kind!r}, d_model={c.d_model}, num_experts={c.num_experts}, top_k={c.top_k}"
+
 
 class _CountOnBackward(torch.autograd.Function):
     """Identity on the combine weights; its backward adds the batch's counts to the router's
@@ -406,7 +410,3 @@ def register_router_bias_update(optimizer: torch.optim.Optimizer, model: nn.Modu
         update_router_biases(model)
 
     return optimizer.register_step_post_hook(hook)
-
-    def extra_repr(self) -> str:
-        c = self.config
-        return f"kind={c.kind!r}, d_model={c.d_model}, num_experts={c.num_experts}, top_k={c.top_k}"
