@@ -322,3 +322,25 @@ def four_ranks(rank: int, world: int) -> dict[str, str]:
         ("all_to_all adjoint", all_to_all_adjoint),
     ]
     return run_cases(cases)
+
+
+def dead_rank(rank: int, world: int) -> dict[str, Any]:
+    """Rank 1 dies before the second forward; the others must stop with a clear error."""
+    import os
+    import time
+
+    from moekit.parallel import CollectiveError
+
+    layer = make_layer("topk")
+    apply_expert_parallel(layer)
+    x, _ = batch([4] * world, ())
+    layer(x[:4]).sum().backward()  # one good step together
+    dist.barrier()
+    if rank == 1:
+        os._exit(3)
+    start = time.monotonic()
+    try:
+        layer(x[:4]).sum().backward()
+    except CollectiveError as err:
+        return {"seconds": time.monotonic() - start, "message": str(err)}
+    return {"seconds": time.monotonic() - start, "message": "no error"}

@@ -50,3 +50,16 @@ def test_four_ranks_match_one_process(four, case):
 def test_every_case_is_asserted(two, four):
     assert sorted(two[0]) == sorted(TWO_RANK_CASES)
     assert sorted(four[0]) == sorted(FOUR_RANK_CASES)
+
+
+def test_a_rank_dying_mid_step_stops_the_others_with_a_message():
+    from ep_cases import dead_rank
+
+    timeout_s = 20.0
+    results = run_ranks(dead_rank, 2, collective_timeout_s=timeout_s, deadline_s=90,
+                        allow_exit=frozenset({1}))
+    survivor = results[0]
+    assert "expert parallelism: count exchange (all_reduce) failed in MoE layer" in \
+        survivor["message"], survivor["message"]
+    assert "on rank 0 of a group of 2" in survivor["message"]
+    assert survivor["seconds"] < timeout_s + 10

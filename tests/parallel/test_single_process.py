@@ -14,7 +14,12 @@ import torch.distributed as dist
 
 from moekit.layers import MoELayer, switch_load_balancing_loss
 from moekit.layers.losses import importance_load_loss, router_z_loss
-from moekit.parallel import apply_expert_parallel, full_state_dict, load_full_state_dict, plan_routes
+from moekit.parallel import (
+    apply_expert_parallel,
+    full_state_dict,
+    load_full_state_dict,
+    plan_routes,
+)
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "moekit"
 
