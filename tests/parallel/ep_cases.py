@@ -285,6 +285,14 @@ def state_dicts() -> None:
     assert type(other.dispatcher.local).__name__ == "LoopDispatcher"
 
 
+def with_training(cases: dict[str, str], rank: int, world: int,
+                  jobs: list[tuple[str, int, bool]]) -> dict[str, Any]:
+    """The layer cases' results plus the training jobs of train_cases (same process group)."""
+    from train_cases import ranks
+
+    return {"cases": cases, "train": ranks(rank, world, jobs) if jobs else []}
+
+
 def two_ranks(rank: int, world: int) -> dict[str, str]:
     cases: list[tuple[str, Callable[[], Any]]] = []
     for router in ROUTERS:
@@ -344,3 +352,11 @@ def dead_rank(rank: int, world: int) -> dict[str, Any]:
     except CollectiveError as err:
         return {"seconds": time.monotonic() - start, "message": str(err)}
     return {"seconds": time.monotonic() - start, "message": "no error"}
+
+
+def two_ranks_and_training(rank: int, world: int, jobs: list[tuple[str, int, bool]]) -> Any:
+    return with_training(two_ranks(rank, world), rank, world, jobs)
+
+
+def four_ranks_and_training(rank: int, world: int, jobs: list[tuple[str, int, bool]]) -> Any:
+    return with_training(four_ranks(rank, world), rank, world, jobs)

@@ -1,14 +1,14 @@
 """Expert parallelism on gloo (CPU) against the single-process layer: 2 and 4 processes.
 
-One spawned run per world size executes every case (process groups are costly to start on 2
-cores); each case reports "ok" or its traceback, and the tests below assert per case. What is
+One spawned run per world size executes every case (conftest.py; process groups are costly to
+start on 2 cores); each case reports "ok" or its traceback, and the tests below assert per case. What is
 compared, and the loss convention, is in ep_cases.py.
 """
 
 from __future__ import annotations
 
 import pytest
-from ep_cases import ROUTERS, four_ranks, two_ranks
+from ep_cases import ROUTERS
 from ep_harness import run_ranks
 
 pytestmark = pytest.mark.distributed
@@ -22,13 +22,13 @@ FOUR_RANK_CASES = ["topk 4 ranks", "sigmoid_bias 4 ranks", "noisy_topk 4 ranks",
 
 
 @pytest.fixture(scope="module")
-def two() -> list[dict[str, str]]:
-    return run_ranks(two_ranks, 2)
+def two(two_rank_run) -> list[dict[str, str]]:
+    return [r["cases"] for r in two_rank_run]
 
 
 @pytest.fixture(scope="module")
-def four() -> list[dict[str, str]]:
-    return run_ranks(four_ranks, 4, deadline_s=240)
+def four(four_rank_run) -> list[dict[str, str]]:
+    return [r["cases"] for r in four_rank_run]
 
 
 def _check(results: list[dict[str, str]], case: str) -> None:
