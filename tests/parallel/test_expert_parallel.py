@@ -16,7 +16,7 @@ pytestmark = pytest.mark.distributed
 TWO_RANK_CASES = [f"{r} uneven" for r in ROUTERS] + [f"{r} idle rank" for r in ROUTERS] + [
     "topk capacity per source rank", "switch capacity per source rank",
     "loop backend, shared expert", "float32", "steps topk", "steps sigmoid_bias",
-    "all_to_all adjoint", "faults", "state dicts"]
+    "all_to_all adjoint", "faults", "state dicts", "FSDP2 for the replicated parameters"]
 FOUR_RANK_CASES = ["topk 4 ranks", "sigmoid_bias 4 ranks", "noisy_topk 4 ranks",
                    "2-D mesh dp x ep", "2-D mesh sigmoid_bias", "all_to_all adjoint"]
 
@@ -34,6 +34,8 @@ def four(four_rank_run) -> list[dict[str, str]]:
 def _check(results: list[dict[str, str]], case: str) -> None:
     for rank, cases in enumerate(results):
         assert case in cases, f"case {case!r} did not run (known: {sorted(cases)})"
+        if cases[case].startswith("skipped: "):
+            pytest.skip(cases[case].removeprefix("skipped: "))
         assert cases[case] == "ok", f"rank {rank}, case {case!r}:\n{cases[case]}"
 
 
