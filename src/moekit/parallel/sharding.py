@@ -168,7 +168,10 @@ def apply_expert_parallel(model: nn.Module, group: dist.ProcessGroup | DeviceMes
     own tokens (any number, zero included) and every layer behaves like the single-process layer
     on the concatenation of all ranks' tokens: same outputs and gradients (under the averaging
     convention of :mod:`moekit.parallel.all_to_all`), global-batch aux losses, identical
-    ``sigmoid_bias`` biases. ``layer.stats.comm`` reports the traffic.
+    ``sigmoid_bias`` biases. The exceptions are the decisions bounded per batch, which are made
+    per source rank over its own tokens: token-choice capacity (``capacity_factor``) and
+    ``expert_choice`` selection (GShard's local groups; the single-process layer run on each
+    rank's tokens separately). ``layer.stats.comm`` reports the traffic.
 
     Parameters
     ----------
@@ -248,10 +251,3 @@ def expert_layers(model: nn.Module) -> list[tuple[str, MoELayer, AllToAllDispatc
     """``(name, layer, dispatcher)`` of every MoE layer that expert parallelism converted."""
     return [(name, m, m.dispatcher) for name, m in model.named_modules()
             if isinstance(m, MoELayer) and isinstance(m.dispatcher, AllToAllDispatcher)]
-
-
-def describe(plan: ExpertParallelPlan) -> str:
-    """One line: ``expert parallel: 2 MoE layers, 2 ranks per group, 1 replica(s) of each shard``."""
-    replicas = dist.get_world_size(plan.replica_group) if plan.replica_group is not None else 1
-    return (f"expert parallel: {len(plan.layers)} MoE layers, {plan.ep_size} ranks per group, "
-            f"{replicas} replica(s) of each shard")

@@ -19,9 +19,10 @@ same under torchrun. Each process is one rank and runs the ordinary loop
 - **Logging**: losses averaged over the ranks; only rank 0 writes files and progress.
 
 FSDP2 (``fully_shard``) would replace DDP for the replicated parameters; it is not wired in here
-(see ``benchmarks/README.md``, expert parallelism). Every collective is bounded by the process
-group's timeout (``--timeout`` of the launcher, :data:`DEFAULT_TIMEOUT_S`): a rank that dies makes
-the others stop with a :class:`moekit.parallel.CollectiveError`.
+(``tests/parallel`` checks that it composes with expert parallelism where this torch runs it on
+CPU). Every collective is bounded by the process group's timeout (:data:`DEFAULT_TIMEOUT_S`, 300
+s, for ``--nproc`` and under torchrun): a rank that dies makes the others stop with a
+:class:`moekit.parallel.CollectiveError` (at once on gloo, whose sockets close with the process).
 """
 
 from __future__ import annotations
