@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -43,7 +42,7 @@ import torch
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, format_table, synchronize, time_ms, write_json  # noqa: E402
+from _common import environment, format_table, synchronize, time_ms, write_json
 
 
 def _peak_mib(device: torch.device) -> float:

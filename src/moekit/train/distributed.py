@@ -114,7 +114,7 @@ class DistributedTraining:
         device_ids = [torch.cuda.current_device()] if next(model.parameters()).is_cuda else None
         # Buffers are never broadcast in forward: a sigmoid_bias router's pending counts are
         # rank-local until the step reduces them (newer torch names the option differently).
-        no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+        no_sync: dict[str, Any] = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
                    inspect.signature(DistributedDataParallel.__init__).parameters
                    else {"broadcast_buffers": False})
         wrapped = DistributedDataParallel(model, device_ids=device_ids,
