@@ -16,7 +16,8 @@ pytestmark = pytest.mark.distributed
 TWO_RANK_CASES = [f"{r} uneven" for r in ROUTERS] + [f"{r} idle rank" for r in ROUTERS] + [
     "topk capacity per source rank", "switch capacity per source rank",
     "loop backend, shared expert", "float32", "steps topk", "steps sigmoid_bias",
-    "all_to_all adjoint", "faults", "state dicts", "FSDP2 for the replicated parameters"]
+    "all_to_all adjoint", "faults", "state dicts", "FSDP2 for the replicated parameters",
+    "dispatch and combine equal the call", "triton backend (sorted fallback off GPU)"]
 FOUR_RANK_CASES = ["topk 4 ranks", "sigmoid_bias 4 ranks", "noisy_topk 4 ranks",
                    "2-D mesh dp x ep", "2-D mesh sigmoid_bias", "all_to_all adjoint"]
 

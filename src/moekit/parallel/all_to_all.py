@@ -10,8 +10,9 @@ One forward of a layer, on every rank::
     counts  = all_reduce(one row per rank)                    # counts first: (R, 2R+1) int64
     x_QD    = all_to_all(x_TD[routes.token_P])                # each token once per destination
     meta_QM = all_to_all([weights | local expert ids])        # K combine weights, K ids per row
-    y_QD    = local dispatcher: dispatch -> experts -> combine (the weighted sum of this rank's
-              experts for each received row: one partial sum per row)
+    y_QD    = the local dispatcher's own call on the received rows (dispatch -> experts ->
+              combine, or its fused kernels): the weighted sum of this rank's experts for each
+              row, one partial sum per row
     y_PD    = all_to_all(y_QD)                                # the partial sums go home
     y_TD    = sum over each token's rows
 
@@ -120,23 +121,37 @@ def routes_of(dest_TK: torch.Tensor, first_TK: torch.Tensor, num_ranks: int,
 
 
 @dataclass(frozen=True, kw_only=True)
-class ExpertParallelMetadata(DispatchMetadata):
-    """The local dispatch of the received rows (the inherited fields, with ``num_tokens`` = Q)
-    plus the way home.
+class Trip:
+    """What one rank received in the dispatch, and the way home.
 
     Attributes
     ----------
+    x_QD : (Q, D) received token rows, in source-rank order.
+    local_QK : (Q, K) int64 local expert (``[0, L)``) of each slot of a row; clamped to L-1
+        where ``keep_QK`` is False.
+    weights_QK : (Q, K) combine weights (0 where ``keep_QK`` is False).
+    keep_QK : (Q, K) bool slots whose expert lives on this rank.
     routes : this rank's :class:`Routes`.
     send_splits, recv_splits : rows sent to / received from each rank in the dispatch.
-    home_tokens : T, tokens of this rank.
     home_dtype : dtype of this rank's output.
     """
 
+    x_QD: torch.Tensor
+    local_QK: torch.Tensor
+    weights_QK: torch.Tensor
+    keep_QK: torch.Tensor
     routes: Routes
     send_splits: list[int]
     recv_splits: list[int]
-    home_tokens: int
     home_dtype: torch.dtype
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExpertParallelMetadata(DispatchMetadata):
+    """The local dispatch of the received rows (the inherited fields, with ``num_tokens`` = Q)
+    plus the :class:`Trip` home."""
+
+    trip: Trip
 
 
 class AllToAllDispatcher(Dispatcher):
@@ -179,7 +194,15 @@ class AllToAllDispatcher(Dispatcher):
 
     def __call__(self, x_TD: torch.Tensor, routing: Routing, keep_TK: torch.Tensor | None,
                  experts: Experts, capacity: int | None = None) -> torch.Tensor:
-        y_TD = super().__call__(x_TD, routing, keep_TK, experts, capacity)
+        """Send, run the local dispatcher's own call (a fused one included) on the received
+        rows, bring the partial sums home."""
+        trip = self.send(x_TD, routing.indices_TK, routing.weights_TK, keep_TK,
+                         routing.logits_TE.shape[-1])
+        Q, L = trip.x_QD.shape[0], self.experts_per_rank
+        scores_QL = trip.weights_QK.new_zeros(1, L).expand(Q, L)  # only the shape is read
+        local = Routing(trip.local_QK, trip.weights_QK, scores_QL, scores_QL)
+        partial_QD = self.local(trip.x_QD, local, trip.keep_QK, experts)
+        y_TD = self.home(partial_QD, trip)
         # Every local expert parameter joins the graph (a zero gradient when no row reached it),
         # as in the single-process model, so optimizers treat the shard alike on every rank.
         zero = sum((p.reshape(-1)[:0].sum() for p in experts.parameters()), y_TD.new_zeros(()))
@@ -189,6 +212,22 @@ class AllToAllDispatcher(Dispatcher):
                        weights_TK: torch.Tensor, keep_TK: torch.Tensor | None, num_experts: int,
                        capacity: int | None = None,
                        ) -> tuple[torch.Tensor, torch.Tensor, DispatchMetadata]:
+        trip = self.send(x_TD, indices_TK, weights_TK, keep_TK, num_experts)
+        x_RD, tokens_per_expert_L, local_meta = self.local.dispatch_slots(
+            trip.x_QD, trip.local_QK, trip.weights_QK, trip.keep_QK, self.experts_per_rank, None)
+        local_fields = {f.name: getattr(local_meta, f.name)
+                        for f in dataclasses.fields(DispatchMetadata)}
+        return x_RD, tokens_per_expert_L, ExpertParallelMetadata(**local_fields, trip=trip)
+
+    def combine(self, y_RD: torch.Tensor, meta: DispatchMetadata) -> torch.Tensor:
+        if not isinstance(meta, ExpertParallelMetadata):
+            raise TypeError(f"{self.context}: AllToAllDispatcher.combine needs the metadata of its "
+                            f"own dispatch, got {type(meta).__name__}")
+        return self.home(self.local.combine(y_RD, meta), meta.trip)
+
+    def send(self, x_TD: torch.Tensor, indices_TK: torch.Tensor, weights_TK: torch.Tensor,
+             keep_TK: torch.Tensor | None, num_experts: int) -> Trip:
+        """Counts first, then each token once to every rank holding one of its kept experts."""
         if num_experts != self.num_experts:
             raise ValueError(f"{self.context}: routing over {num_experts} experts, but the "
                              f"dispatcher was built for num_experts={self.num_experts}")
@@ -209,8 +248,9 @@ class AllToAllDispatcher(Dispatcher):
 
         acc = router_dtype(x_TD.dtype)
         x_PD = gather_rows(x_TD, routes.token_P, routes.row_TK, routes.first_TK)
-        here_PK = (dest_TK[routes.token_P] == routes.dest_P.unsqueeze(1))
-        local_PK = torch.where(here_PK, indices_TK[routes.token_P] - routes.dest_P.unsqueeze(1) * L, L)
+        here_PK = dest_TK[routes.token_P] == routes.dest_P.unsqueeze(1)
+        local_PK = torch.where(here_PK, indices_TK[routes.token_P] - routes.dest_P.unsqueeze(1) * L,
+                               L)
         w_PK = weights_TK[routes.token_P].to(acc).masked_fill(~here_PK, 0)
         meta_PM = torch.cat([w_PK, local_PK.to(acc)], dim=1)  # M = 2K: weights | local ids
         # Between the two all-to-alls gradients are carried divided by R (module docstring).
@@ -219,32 +259,23 @@ class AllToAllDispatcher(Dispatcher):
                                         self.context), R)
         ids_QK = meta_QM[:, K:].detach().round().long()
         keep_QK = ids_QK < L
-        x_RD, tokens_per_expert_L, local_meta = self.local.dispatch_slots(
-            x_QD, ids_QK.clamp(max=L - 1), meta_QM[:, :K], keep_QK, L, None)
-
         self._comm = CommStats(rank=r, pairs=pairs_RR, tokens=table[:, 0],
                                slots=table[:, R + 1:].sum(dim=0),
                                row_bytes=x_TD.shape[-1] * x_TD.element_size(),
                                metadata_row_bytes=2 * K * torch.empty((), dtype=acc).element_size())
-        local_fields = {f.name: getattr(local_meta, f.name)
-                        for f in dataclasses.fields(DispatchMetadata)}
-        meta = ExpertParallelMetadata(**local_fields, routes=routes, send_splits=send_splits,
-                                      recv_splits=recv_splits, home_tokens=T,
-                                      home_dtype=x_TD.dtype)
-        return x_RD, tokens_per_expert_L, meta
+        return Trip(x_QD=x_QD, local_QK=ids_QK.clamp(max=L - 1), weights_QK=meta_QM[:, :K],
+                    keep_QK=keep_QK, routes=routes, send_splits=send_splits,
+                    recv_splits=recv_splits, home_dtype=x_TD.dtype)
 
-    def combine(self, y_RD: torch.Tensor, meta: DispatchMetadata) -> torch.Tensor:
-        if not isinstance(meta, ExpertParallelMetadata):
-            raise TypeError(f"{self.context}: AllToAllDispatcher.combine needs the metadata of its "
-                            f"own dispatch, got {type(meta).__name__}")
-        partial_QD = self.local.combine(y_RD, meta)  # one weighted sum per received row
+    def home(self, partial_QD: torch.Tensor, trip: Trip) -> torch.Tensor:
+        """The partial sums back to their ranks, summed per token: (T, D)."""
         partial_QD = scale_grad(partial_QD, 1.0 / self.num_ranks)
-        home_PD = all_to_all(partial_QD, meta.send_splits, meta.recv_splits, self.group,
+        home_PD = all_to_all(partial_QD, trip.send_splits, trip.recv_splits, self.group,
                              self.context)
-        routes = meta.routes
-        acc = router_dtype(meta.home_dtype)
-        y_TD = sum_rows(home_PD.to(acc), routes.row_TK, routes.first_TK, routes.token_P)
-        return y_TD.to(meta.home_dtype)
+        routes = trip.routes
+        y_TD = sum_rows(home_PD.to(router_dtype(trip.home_dtype)), routes.row_TK,
+                        routes.first_TK, routes.token_P)
+        return y_TD.to(trip.home_dtype)
 
     def __repr__(self) -> str:
         return (f"AllToAllDispatcher(local={self.local!r}, rank={self.rank}, "
