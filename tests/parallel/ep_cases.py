@@ -252,8 +252,10 @@ def expect_error(fn: Callable[[], Any], kind: type[BaseException], text: str) ->
 
 def faults() -> None:
     rank = dist.get_rank()
-    expect_error(lambda: apply_expert_parallel(make_layer("topk", num_experts=3)), ValueError,
-                 "num_experts=3 is not divisible by the expert-parallel group size")
+    model = torch.nn.ModuleDict({"mlp": make_layer("topk", num_experts=3)})
+    expect_error(lambda: apply_expert_parallel(model), ValueError,
+                 "MoE layer 'mlp': num_experts=3 is not divisible by the expert-parallel group "
+                 "size 2")
     expect_error(lambda: apply_expert_parallel(make_layer("topk", num_experts=4 * (1 + rank))),
                  ValueError, "num_experts=4 on rank 0 but 8 on rank 1")
     expect_error(lambda: apply_expert_parallel(make_layer("topk", top_k=1 + rank)), ValueError,

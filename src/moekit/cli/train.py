@@ -148,10 +148,14 @@ def _rank_main(spec: Any, resume: bool, hint: str) -> int:
             raise CLIError("--device cuda needs one GPU per process (NCCL); this run uses gloo "
                            "on the CPU: use --device cpu or fewer processes")
         spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, device="cpu"))
+    import contextlib
+
     distributed = DistributedTraining()
-    with open(os.devnull, "w") as quiet:
-        stream = sys.stderr if distributed.is_main else quiet
-        results = run_experiment(spec, resume=resume, resume_hint=hint, progress=stream,
+    with open(os.devnull, "w") as quiet, contextlib.ExitStack() as stack:
+        if not distributed.is_main:  # one voice; a failing rank's traceback reaches the launcher
+            stack.enter_context(contextlib.redirect_stdout(quiet))
+            stack.enter_context(contextlib.redirect_stderr(quiet))
+        results = run_experiment(spec, resume=resume, resume_hint=hint, progress=sys.stderr,
                                  distributed=distributed)
     if distributed.is_main:
         for name, result in results.items():

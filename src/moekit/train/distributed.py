@@ -297,5 +297,23 @@ def spawn(nproc: int, fn: Callable[..., object], *args: Any,
     if not math.isfinite(timeout_s) or timeout_s <= 0:
         raise ValueError(f"timeout_s={timeout_s} must be > 0")
     with tempfile.TemporaryDirectory(prefix="moekit-dist-") as folder:
-        mp.spawn(_worker, args=(nproc, str(Path(folder) / "store"), timeout_s, fn, args),
-                 nprocs=nproc, join=True)
+        context = mp.spawn(_worker, args=(nproc, str(Path(folder) / "store"), timeout_s, fn, args),
+                           nprocs=nproc, join=False)
+        interrupted = False
+        while True:
+            try:
+                if context.join():
+                    break
+            except KeyboardInterrupt:
+                # Ctrl-C reached every rank too: they agree on the step, save and stop. Wait for
+                # that (the processes are daemons: leaving now would kill them mid-save); a
+                # second Ctrl-C gives up.
+                if interrupted:
+                    raise
+                interrupted = True
+            except mp.ProcessRaisedException as err:
+                if interrupted and "KeyboardInterrupt" in str(err):
+                    raise KeyboardInterrupt from None
+                raise
+        if interrupted:
+            raise KeyboardInterrupt
