@@ -313,7 +313,11 @@ def fsdp2_composition() -> str | None:
     if "ignored_params" not in inspect.signature(fully_shard).parameters:
         return "this torch's fully_shard cannot leave the expert shards out (no ignored_params)"
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import DTensor
+
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # older torch
+        from torch.distributed._tensor import DTensor
 
     world, rank = dist.get_world_size(), dist.get_rank()
     torch.manual_seed(0)
