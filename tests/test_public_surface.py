@@ -15,7 +15,7 @@ import moekit
 from moekit.cli.main import build_parser
 
 MOEKIT_ALL = ["__version__", "data", "estimators", "integrations", "kernels", "layers", "models",
-              "showcases", "train", "viz"]
+              "parallel", "showcases", "train", "viz"]
 
 CLI_FLAGS_SNAPSHOT: dict[str, list[str]] = {
     "bench": ["--balanced", "--device", "--dtype", "--help", "--json", "--no-memory", "--quick", "--repeats", "--scale", "--seed", "--shapes", "--threads", "--tokens", "--warmup", "-h"],
@@ -25,14 +25,19 @@ CLI_FLAGS_SNAPSHOT: dict[str, list[str]] = {
     "predict": ["--alpha", "--decimal", "--delimiter", "--dropna", "--encoding", "--help", "--keep", "--output", "-h", "-o", "csv", "model"],
     "report": ["--format", "--help", "--output", "-h", "-o", "run_dir"],
     "showcase": ["--device", "--help", "--output", "--quick", "--seeds", "-h", "-o", "name"],
-    "train": ["--device", "--help", "--output", "--resume", "--steps", "-h", "config"],
+    "train": ["--device", "--help", "--nproc", "--output", "--resume", "--steps", "-h", "config"],
 }
 
-LAYERS_ALL = ["DispatchConfig", "ExpertsConfig", "FeedForward", "GroupedExperts", "MoEConfig",
+LAYERS_ALL = ["CommStats", "DispatchConfig", "ExpertsConfig", "FeedForward", "GroupedExperts", "MoEConfig",
               "MoELayer", "ModuleExperts", "Router", "RouterConfig", "Routing", "RoutingStats",
               "SharedExpertsConfig", "SoftMoE", "capacity", "capacity_keep", "cv_squared",
               "importance_load_loss", "register_router_bias_update", "router_z_loss",
               "switch_load_balancing_loss", "total_aux_loss", "update_router_biases"]
+
+PARALLEL_ALL = ["AllToAllDispatcher", "CollectiveError", "ExpertParallelMetadata",
+                "ExpertParallelPlan", "apply_expert_parallel", "full_optimizer_state_dict",
+                "full_state_dict", "load_full_optimizer_state_dict", "load_full_state_dict",
+                "plan_routes"]
 
 
 def cli_flags() -> dict[str, list[str]]:
@@ -55,6 +60,12 @@ def test_layers_all():
     import moekit.layers
 
     assert sorted(moekit.layers.__all__) == sorted(LAYERS_ALL)
+
+
+def test_parallel_all():
+    import moekit.parallel
+
+    assert sorted(moekit.parallel.__all__) == sorted(PARALLEL_ALL)
 
 
 def test_cli_flags_frozen():

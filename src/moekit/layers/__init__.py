@@ -24,9 +24,10 @@ from moekit.layers.routing import (
     update_router_biases,
 )
 from moekit.layers.soft import SoftMoE
-from moekit.layers.stats import RoutingStats
+from moekit.layers.stats import CommStats, RoutingStats
 
 __all__ = [
+    "CommStats",
     "DispatchConfig",
     "ExpertsConfig",
     "FeedForward",

@@ -54,6 +54,7 @@ from moekit.models import (
 from moekit.train.batches import ArrayBatches, BatchSource, TokenBatches
 from moekit.train.checkpoint import latest_checkpoint
 from moekit.train.config import TrainConfig
+from moekit.train.distributed import DistributedTraining
 from moekit.train.loop import TrainResult, resolve_device, seed_everything, train
 from moekit.train.memory import MemoryEstimate, check_fits
 
@@ -386,12 +387,15 @@ def estimate_memory(spec: ExperimentSpec, derived: dict[str, int],
 
 def run_experiment(spec: ExperimentSpec, *, resume: bool = False, progress: IO[str] | None = None,
                    resume_hint: str | None = None,
-                   available_memory: int | None = None) -> dict[str, TrainResult]:
+                   available_memory: int | None = None,
+                   distributed: DistributedTraining | None = None) -> dict[str, TrainResult]:
     """Load the data, check memory, build and train the model(s) of ``spec``.
 
     With ``dense_baseline`` the run folder holds ``moe/`` and ``dense/`` (one run each) plus a
-    ``results.json`` comparing them; otherwise the run folder is the ``moe`` run itself.
+    ``results.json`` comparing them; otherwise the run folder is the ``moe`` run itself. With
+    ``distributed`` this process is one rank of a run (:mod:`moekit.train.distributed`).
     """
+    main = distributed is None or distributed.is_main
     out = Path(spec.train.output_dir)
     device = resolve_device(spec.train.device)
     data = prepare_data(spec)
@@ -417,15 +421,15 @@ def run_experiment(spec: ExperimentSpec, *, resume: bool = False, progress: IO[s
                       else spec.model,
                       "dataset": spec.dataset, "data": spec.data, "data_info": data.info,
                       "source": spec.source}
-        if data.tokenizer is not None:
+        if data.tokenizer is not None and main:
             run_dir.mkdir(parents=True, exist_ok=True)
             data.tokenizer.save(run_dir / "tokenizer.json")
         results[name] = train(model, data.train, train_config, val_data=data.val,
                               resume=resume_this, model_name=name, run_config=run_config,
-                              progress=stream, resume_hint=resume_hint)
+                              progress=stream, resume_hint=resume_hint, distributed=distributed)
         if spec.kind == "lm" and data.tokenizer is not None:
             _print_sample(model, data.tokenizer, stream, name)
-    if spec.dense_baseline:
+    if spec.dense_baseline and main:
         summary = {name: json.loads((out / name / "results.json").read_text(encoding="utf-8"))
                    for name in results}
         atomic_write_json(out / "results.json", summary)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
 import signal
 import sys
@@ -34,12 +35,14 @@ from moekit.layers import total_aux_loss, update_router_biases
 from moekit.models.params import count_parameters
 from moekit.train.batches import BatchSource
 from moekit.train.checkpoint import (
+    CheckpointState,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
 )
 from moekit.train.config import TrainConfig
+from moekit.train.distributed import DistributedTraining
 from moekit.train.metrics import MetricsWriter, Progress, balance, expert_load, truncate_metrics
 from moekit.train.optim import build_optimizer, build_scheduler
 
@@ -195,6 +198,7 @@ def train(
     callbacks: Sequence[Callable[[StepEnd], None]] = (),
     progress: IO[str] | None = None,
     resume_hint: str | None = None,
+    distributed: DistributedTraining | None = None,
 ) -> TrainResult:
     """Train ``model`` for ``config.steps`` steps, writing metrics and checkpoints.
 
@@ -220,6 +224,9 @@ def train(
         Where the progress line goes (default ``sys.stderr``).
     resume_hint : str, optional
         The command that resumes this run, printed after Ctrl-C.
+    distributed : DistributedTraining, optional
+        Train as one rank of a process group (:mod:`moekit.train.distributed`): each rank takes
+        its share of every batch, experts are sharded, only rank 0 writes files.
 
     Returns
     -------
@@ -244,6 +251,15 @@ def train(
                               "(resume=True, `moekit train --resume`) or pick another output folder")
     seed_everything(config.seed)
     model.to(device)
+    net, main, par = model, True, distributed  # net: what runs forward (DDP under distributed)
+    save_fn: Callable[..., Path] = save_checkpoint
+    load_fn: Callable[..., CheckpointState] = load_checkpoint
+    clip_fn: Callable[..., torch.Tensor] = torch.nn.utils.clip_grad_norm_
+    if par is not None:
+        net, main = par.prepare(model, config.seed), par.is_main
+        save_fn, load_fn, clip_fn = par.save_checkpoint, par.load_checkpoint, par.clip_grad_norm_
+        train_data = par.shard(train_data)
+        val_data = par.shard(val_data) if val_data is not None else None
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
@@ -257,29 +273,31 @@ def train(
         if found is None:
             raise FileNotFoundError(f"nothing to resume: no checkpoint in {ckpt_root}; start the run "
                                     "without resume (drop --resume)")
-        state = load_checkpoint(found, model=model, optimizer=optimizer, scheduler=scheduler,
-                                scaler=scaler)
+        state = load_fn(found, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
         start_step, last_checkpoint = state.step, found
-        truncate_metrics(metrics_path, start_step)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", saved_config)
+        if main:
+            truncate_metrics(metrics_path, start_step)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "config.json", saved_config)
 
-    writer = MetricsWriter(metrics_path)
+    writer = MetricsWriter(metrics_path if main else os.devnull)
     display = Progress(config.steps, log_every=config.log_every, stream=progress,
                        prefix=f"[{model_name}] " if model_name != "model" else "")
     if resume:
         display.message(f"resumed from {last_checkpoint} at step {start_step}")
 
     def checkpoint(step: int) -> Path:
-        return save_checkpoint(ckpt_root, step=step, model=model, optimizer=optimizer,
-                               scheduler=scheduler, scaler=scaler, config=saved_config,
-                               extra={"model_name": model_name}, keep=config.keep_checkpoints)
+        return save_fn(ckpt_root, step=step, model=model, optimizer=optimizer,
+                       scheduler=scheduler, scaler=scaler, config=saved_config,
+                       extra={"model_name": model_name}, keep=config.keep_checkpoints)
 
     def run_eval(step: int) -> float | None:
         if val_data is None:
             return None
-        loss, load = evaluate(model, val_data, batches=config.eval_batches, device=device,
+        loss, load = evaluate(net, val_data, batches=config.eval_batches, device=device,
                               autocast_dtype=autocast_dtype)
+        loss = loss if par is None else par.mean(loss)
         writer.write({"step": step, "split": "val", "loss": loss, "lr": scheduler.get_last_lr()[0],
                       "tokens_per_s": None, "expert_load": load, "model": model_name,
                       "balance": balance(load), "time_s": time.perf_counter() - started})
@@ -301,13 +319,13 @@ def train(
                 in_step = True
                 x, y = (t.to(device, non_blocking=True) for t in train_data.batch(step))
                 with _autocast(device, autocast_dtype):
-                    logits = model(x)
+                    logits = net(x)
                 loss = task_loss(logits, y)
                 aux = total_aux_loss(model)
                 scaler.scale(loss + aux).backward()
                 if config.grad_clip is not None:
                     scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                    clip_fn(model.parameters(), config.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
                 update_router_biases(model)  # aux-loss-free balancing: once per optimizer step
@@ -317,7 +335,7 @@ def train(
                 step += 1
                 in_step = False
 
-                loss_value = loss.item()
+                loss_value = loss.item() if par is None else par.mean(loss.item())
                 if not math.isfinite(loss_value):
                     raise FloatingPointError(f"loss became {loss_value} at step {step}; lower lr "
                                              f"(now {config.lr}) or enable grad_clip")
@@ -325,7 +343,7 @@ def train(
                 load = expert_load(model)
                 window_loss += loss_value
                 window_aux += float(aux.detach())
-                window_items += y.numel()
+                window_items += y.numel() * (1 if par is None else par.world_size)
                 window_steps += 1
                 if load is not None:
                     window_load = load if window_load is None else window_load + load
@@ -349,7 +367,7 @@ def train(
                     last_checkpoint, saved_step = checkpoint(step), step
                 for callback in callbacks:
                     callback(StepEnd(step=step, loss=loss_value, model=model, optimizer=optimizer))
-                if interrupt.requested:
+                if interrupt.requested if par is None else par.any(interrupt.requested):
                     raise KeyboardInterrupt
     except KeyboardInterrupt:
         display.close()
@@ -371,14 +389,15 @@ def train(
         display.close()
 
     elapsed = time.perf_counter() - started
-    total, active = count_parameters(model)
+    total, active = count_parameters(model) if par is None else par.count_parameters(model)
     tail = losses[-max(1, config.log_every):]
     results = {"model": model_name, "steps": step,
                "final_train_loss": sum(tail) / len(tail) if tail else None,
                "final_val_loss": val_loss, "parameters_total": total, "parameters_active": active,
                "elapsed_s": elapsed, "device": device.type,
                "precision": str(autocast_dtype).removeprefix("torch.") if autocast_dtype else "fp32"}
-    atomic_write_json(out / "results.json", results)
+    if main:
+        atomic_write_json(out / "results.json", results)
     result = TrainResult(model_name=model_name, step=step, train_losses=losses,
                          final_val_loss=val_loss, output_dir=out, checkpoint=last_checkpoint,
                          elapsed_s=elapsed)
