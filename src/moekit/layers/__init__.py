@@ -23,7 +23,7 @@ from moekit.layers.routing import (
     register_router_bias_update,
     update_router_biases,
 )
-from moekit.layers.soft import SoftMoE
+from moekit.layers.soft import SoftMoE, SoftMoEConfig
 from moekit.layers.stats import RoutingStats
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "RoutingStats",
     "SharedExpertsConfig",
     "SoftMoE",
+    "SoftMoEConfig",
     "capacity",
     "capacity_keep",
     "cv_squared",
