@@ -68,7 +68,13 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:  # e.g. device='cuda' without a GPU, fp16 on CPU
         raise CLIError(str(err)) from None
     for name, result in results.items():
+        if result.already_done:
+            print(f"{name}: already finished at step {result.step} (of {spec.train.steps}); "
+                  "nothing to do, its files are unchanged")
+            continue
         val = f"{result.final_val_loss:.4f}" if result.final_val_loss is not None else "n/a"
-        print(f"{name}: {result.step} steps in {result.elapsed_s:.1f} s, val loss {val}")
+        acc = (f", val accuracy {result.final_val_accuracy:.1%}"
+               if result.final_val_accuracy is not None and spec.kind != "lm" else "")
+        print(f"{name}: {result.step} steps in {result.elapsed_s:.1f} s, val loss {val}{acc}")
     print(f"run folder: {spec.train.output_dir}  (report: moekit report {spec.train.output_dir})")
     return 0

@@ -46,8 +46,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from moekit._files import atomic_write_text
 from moekit.viz import _render, _runs
-from moekit.viz._io import write_text_atomic
 
 __all__ = ["RunFolderError", "Section", "Table", "build_report_from_run", "write_report"]
 
@@ -178,7 +178,7 @@ def write_report(
             text = _render.render_html(title, subtitle, resolved, images)
         else:
             text = _render.render_markdown(title, subtitle, resolved, path.parent)
-        written.append(write_text_atomic(path, text))
+        written.append(atomic_write_text(path, text))
     return written
 
 
@@ -197,6 +197,10 @@ def _summary_rows(hist: Mapping[str, list[dict[str, Any]]]) -> list[dict[str, An
             best_step, best = min(val, key=lambda sv: sv[1])
             row["best val loss"] = best
             row["at step"] = int(best_step)
+        accuracy = split_records(records, "accuracy")[1]
+        if accuracy:
+            row["final val accuracy"] = sorted(accuracy)[-1][1]
+            row["best val accuracy"] = max(v for _, v in accuracy)
         row["median tokens/s"] = float(np.median(tps)) if tps else None
         loads = _load_matrix(records)[0]
         if loads is not None and loads[-1].sum() > 0:
@@ -228,15 +232,21 @@ def _plot_sections(hist: dict[str, list[dict[str, Any]]], plots: Path,
 
     sections = []
     curves: list[str | os.PathLike[str]] = []
-    for metric, fname in (("loss", "loss.png"), ("tokens_per_s", "tokens_per_s.png"),
-                          ("lr", "lr.png")):
-        if any(t or v for t, v in (split_records(r, metric) for r in hist.values())):
-            curves.append(plot_training_curves(hist, plots / fname, metric))
+    # (metric, file, which records): accuracy is measured on validation data only, throughput
+    # and the learning rate belong to training steps.
+    for metric, fname, splits in (("loss", "loss.png", "both"),
+                                  ("accuracy", "accuracy.png", "val"),
+                                  ("tokens_per_s", "tokens_per_s.png", "train"),
+                                  ("lr", "lr.png", "train")):
+        pairs = [split_records(r, metric) for r in hist.values()]
+        if any((t and splits != "val") or (v and splits != "train") for t, v in pairs):
+            curves.append(plot_training_curves(hist, plots / fname, metric, splits=splits))
         elif metric == "loss":
             notes.append("no record holds a numeric 'loss': no loss curves")
     if curves:
-        sections.append(Section(title="Training curves", images=curves,
-                                text="Solid lines: training; dashed with markers: validation."))
+        sections.append(Section(title="Training curves", images=curves, text=(
+            "Solid lines: training; dashed with markers: validation. One colour per model, the "
+            "same in every plot (MoE blue, dense orange).")))
     load_images: list[str | os.PathLike[str]] = []
     for model, records in hist.items():
         loads, steps = _load_matrix(records)
@@ -246,8 +256,8 @@ def _plot_sections(hist: dict[str, list[dict[str, Any]]], plots: Path,
                              "no load plot")
             continue
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in model)
-        load_images.append(plot_expert_load(loads, plots / f"expert_load_{safe}.png",
-                                            steps=steps, title=f"{model}: expert load"))
+        load_images.append(plot_expert_load(loads, plots / f"expert_load_{safe}.png", steps=steps,
+                                            title=f"Expert load of the {model} model"))
     if load_images:
         sections.append(Section(
             title="Expert load", images=load_images,
@@ -329,8 +339,7 @@ def build_report_from_run(
     pngs: list[str | os.PathLike[str]] = [p for run in runs for p in run.pngs]
     if pngs:
         sections.append(Section(title="Figures from the run", images=pngs))
-    configs = [Table(rows=[{"key": k, "value": v} for k, v in run.config.items()],
-                     caption=f"Configuration ({run.name})") for run in runs if run.config]
+    configs = _config_tables(runs)
     if configs:
         sections.append(Section(title="Configuration", tables=configs))
     else:
@@ -341,6 +350,36 @@ def build_report_from_run(
         sections.append(Section(title="Notes", notes=notes))
     return write_report(root, title or f"moekit run: {root.resolve().name}", sections,
                         output=output, fmt=fmt)
+
+
+def _config_tables(runs: list[_runs.RunData]) -> list[Table]:
+    """The configuration, once: with sub-runs (``moe/``, ``dense/``) the settings they share,
+    then one column per model for those that differ; the top folder's own summary of the same
+    settings is then left out."""
+    subs = [run for run in runs[1:] if run.config]
+    if not subs:
+        return [Table(rows=[{"key": k, "value": v} for k, v in run.config.items()],
+                      caption=f"Configuration ({run.name})") for run in runs[:1] if run.config]
+    if len(subs) == 1:
+        return [Table(rows=[{"key": k, "value": v} for k, v in (subs[0].config or {}).items()],
+                      caption=f"Configuration ({subs[0].name})")]
+    keys = list(dict.fromkeys(k for run in subs for k in (run.config or {})))
+    missing = object()
+    shared, differ = [], []
+    for key in keys:
+        values = [(run.config or {}).get(key, missing) for run in subs]
+        if all(v == values[0] for v in values) and values[0] is not missing:
+            shared.append({"key": key, "value": values[0]})
+        else:
+            differ.append({"key": key, **{run.name: (None if v is missing else v)
+                                          for run, v in zip(subs, values)}})
+    names = ", ".join(run.name for run in subs)
+    tables = []
+    if differ:
+        tables.append(Table(rows=differ, caption=f"Settings that differ between {names}"))
+    if shared:
+        tables.append(Table(rows=shared, caption=f"Settings shared by {names}"))
+    return tables
 
 
 def _has_val(records: list[dict[str, Any]]) -> bool:
