@@ -23,6 +23,7 @@ from typing import Any
 from moekit.cli.errors import CLIError
 
 HELP = "tour of moekit: fit a statistical MoE, train an MoE language model, write a report"
+NEEDS = ("torch", "safetensors", "matplotlib")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 
 from moekit.cli.errors import CLIError
 
 HELP = "train an MoE model from a TOML/YAML config (language model, images, audio)"
+NEEDS = ("torch", "safetensors", *(("tomli",) if sys.version_info < (3, 11) else ()))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

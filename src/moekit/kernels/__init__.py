@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import importlib.util
 
+from moekit._deps import require
+
+require("torch", feature="moekit.kernels")
+
 import torch
 
 from moekit.kernels.grouped_mm import grouped_mm, grouped_mm_status

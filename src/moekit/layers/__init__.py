@@ -6,6 +6,10 @@ frozen :class:`MoEConfig`. Legend used in the code: T tokens, D model dim, F exp
 E experts, K experts per token, C capacity, R dispatched rows.
 """
 
+from moekit._deps import require
+
+require("torch", feature="moekit.layers")
+
 from moekit.layers.config import DispatchConfig, ExpertsConfig, MoEConfig, SharedExpertsConfig
 from moekit.layers.dispatch import capacity, capacity_keep
 from moekit.layers.experts import FeedForward, GroupedExperts, ModuleExperts

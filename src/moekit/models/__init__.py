@@ -12,6 +12,10 @@ keywords of experiment files instead.
 - :func:`count_parameters`: total and active (per-token) parameter counts.
 """
 
+from moekit._deps import require
+
+require("torch", feature="moekit.models")
+
 from moekit.models.audio_classifier import AudioClassifier, AudioClassifierConfig
 from moekit.models.image_classifier import ImageClassifier, ImageClassifierConfig
 from moekit.models.params import ParameterCount, count_parameters

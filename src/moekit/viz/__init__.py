@@ -11,6 +11,10 @@ then ``os.replace``), accept NumPy arrays or torch tensors, and return the path 
 - :func:`write_report`, :func:`build_report_from_run` (:mod:`moekit.viz.report`)
 """
 
+from moekit._deps import require
+
+require("matplotlib", feature="moekit.viz")
+
 from moekit.viz.estimators import plot_estimator_fit
 from moekit.viz.report import Section, Table, build_report_from_run, write_report
 from moekit.viz.routing import (
