@@ -111,3 +111,30 @@ def test_plain_install_brings_no_torch_and_the_extra_brings_the_deep_side():
     assert "moekit[torch]" in extras["test"] and "moekit[torch]" in extras["hf"]
     # the README's quick start goes through quickstart.py, which installs the extra for the demo
     assert 'ensure_env("torch")' in (ROOT / "quickstart.py").read_text()
+
+
+def test_the_wheel_holds_the_licence_and_no_torch_requirement(tmp_path):
+    pytest.importorskip("setuptools")
+    pytest.importorskip("wheel")
+    import shutil
+    import zipfile
+
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "src", source / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                           "--no-build-isolation", "-q", str(source), "-w", str(tmp_path / "w")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    wheel, = (tmp_path / "w").glob("moekit-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        licence = next(n for n in zf.namelist() if n.endswith("LICENSE"))
+        assert "Apache License" in zf.read(licence).decode()
+        metadata = zf.read(next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA")))
+    requires = [line for line in metadata.decode().splitlines() if line.startswith("Requires-Dist")]
+    plain = [r for r in requires if "extra ==" not in r]
+    assert plain and not any("torch" in r or "matplotlib" in r for r in plain)
+    assert any(r.startswith("Requires-Dist: torch") and 'extra == "torch"' in r for r in requires)
