@@ -66,7 +66,8 @@ SUBPACKAGE_ALL: dict[str, list[str]] = {
         "copy_mlp_from_transformers", "copy_mlp_to_transformers", "from_transformers",
         "layer_kwargs_from_transformers", "to_transformers"],
     "moekit.runs": [
-        "CHECKPOINTS_DIR", "CONFIG_FILE", "METRICS_FILE", "RESULTS_FILE", "TOKENIZER_FILE",
+        "CHECKPOINTS_DIR", "CONFIG_FILE", "METRICS_FILE", "RESULTS_FILE", "ROUTING_FILE",
+        "TOKENIZER_FILE",
         "read_json", "read_metrics"],
 }
 

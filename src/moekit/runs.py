@@ -10,6 +10,9 @@ a summary)::
       config.json       what the run was built from (model, data, train settings)
       results.json      the outcome: steps, final losses (and accuracy), parameters, time
       tokenizer.json    language models: the character tokenizer
+      routing.json      classifiers with MoE layers: token-slots of each class sent to each
+                        expert by the first MoE layer, at the final evaluation
+                        ({"counts": [[...], ...], "model": ..., "step": ...})
       checkpoints/      step_000100/ ... and ``latest`` (see moekit.train.checkpoint)
       moe/, dense/      with a dense baseline: one such folder per model; the top folder then
                         holds config.json and a results.json keyed by model name
@@ -31,13 +34,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CHECKPOINTS_DIR", "CONFIG_FILE", "METRICS_FILE", "RESULTS_FILE", "TOKENIZER_FILE",
-           "read_json", "read_metrics"]
+__all__ = ["CHECKPOINTS_DIR", "CONFIG_FILE", "METRICS_FILE", "RESULTS_FILE", "ROUTING_FILE",
+           "TOKENIZER_FILE", "read_json", "read_metrics"]
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
 TOKENIZER_FILE = "tokenizer.json"
+ROUTING_FILE = "routing.json"
 CHECKPOINTS_DIR = "checkpoints"
 _MAX_NOTED_LINES = 5
 

@@ -256,6 +256,10 @@ device = "cpu"
     html = build_report_from_run(out, fmt="html")[0].read_text()
     assert "best val accuracy" in html
     assert (out / "report_plots" / "accuracy.png").stat().st_size > 1000
+    # which expert each class goes to: recorded by sparse MoE layers (Soft MoE has no routing)
+    assert (out / "moe" / "routing.json").is_file() == (router != "soft")
+    assert (out / "report_plots" / "routing_moe.png").is_file() == (router != "soft")
+    assert not (out / "dense" / "routing.json").exists()
 
 
 def test_lm_example_advertises_only_causal_routers():

@@ -111,3 +111,35 @@ def test_final_checkpoint_without_results_is_completed(make_run):
     assert not again.already_done
     assert json.loads(results.read_text())["final_val_loss"] == first.final_val_loss
     assert latest_checkpoint(Path(parts["config"].output_dir) / "checkpoints").name == "step_000008"
+
+
+def test_classifier_runs_record_which_expert_each_class_goes_to(tmp_path):
+    from moekit.layers import MoELayer
+    from moekit.models import ImageClassifier, ImageClassifierConfig
+    from moekit.train import ArrayBatches, TrainConfig
+
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.rand(40, 1, 8, 8, generator=g), torch.randint(0, 3, (40,), generator=g)
+    model = ImageClassifier(ImageClassifierConfig.create(
+        num_classes=3, d_model=16, d_ff=16, n_heads=2, n_layers=1, num_experts=4, top_k=2))
+    val = ArrayBatches(images[30:], labels[30:], batch_size=4, seed=0, shuffle=False)
+    config = TrainConfig(steps=2, batch_size=4, eval_every=0, eval_batches=2, device="cpu",
+                         output_dir=str(tmp_path / "img"))
+    result = train(model, ArrayBatches(images[:30], labels[:30], batch_size=4, seed=0), config,
+                   val_data=val, progress=io.StringIO())
+    recorded = json.loads((tmp_path / "img" / "routing.json").read_text())
+    counts = torch.tensor(recorded["counts"])
+    # recount by hand: every patch of an example carries its label, K slots per patch
+    layer = next(m for m in result.model.modules() if isinstance(m, MoELayer))
+    expected = torch.zeros(3, 4, dtype=torch.float64)
+    result.model.eval()
+    with torch.no_grad():
+        for i in range(2):
+            x, y = val.batch(i)
+            result.model(x)
+            per_example = layer.stats.indices.view(len(y), -1)
+            for b in range(len(y)):
+                for e in per_example[b].tolist():
+                    expected[y[b], e] += 1
+    assert torch.equal(counts, expected)
+    assert counts.sum() == 2 * 4 * 16 * 2  # batches x examples x patches x top_k, dropless

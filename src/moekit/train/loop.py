@@ -31,7 +31,7 @@ from torch import nn
 
 from moekit import runs
 from moekit._files import atomic_write_json
-from moekit.layers import total_aux_loss, update_router_biases
+from moekit.layers import MoELayer, total_aux_loss, update_router_biases
 from moekit.layers.stats import load_balance
 from moekit.models.params import count_parameters
 from moekit.train.batches import BatchSource
@@ -42,7 +42,13 @@ from moekit.train.checkpoint import (
     save_checkpoint,
 )
 from moekit.train.config import TrainConfig
-from moekit.train.metrics import MetricsWriter, Progress, expert_load, truncate_metrics
+from moekit.train.metrics import (
+    MetricsWriter,
+    Progress,
+    class_routing_counts,
+    expert_load,
+    truncate_metrics,
+)
 from moekit.train.optim import build_optimizer, build_scheduler
 
 
@@ -144,6 +150,7 @@ class _Evaluation:
     loss: float
     accuracy: float
     expert_load: list[float]
+    routing_by_class: list[list[float]] | None = None  # (classes, E), classifiers only
 
 
 @torch.no_grad()
@@ -153,6 +160,8 @@ def _evaluate(model: nn.Module, data: BatchSource, *, batches: int, device: torc
     model.eval()
     losses, loads = [], []
     correct, total = 0, 0
+    first_moe = next((m for m in model.modules() if isinstance(m, MoELayer)), None)
+    by_class: torch.Tensor | None = None
     try:
         for i in range(batches):
             x, y = (t.to(device) for t in data.batch(i))
@@ -164,11 +173,17 @@ def _evaluate(model: nn.Module, data: BatchSource, *, batches: int, device: torc
             load = expert_load(model)
             if load is not None:
                 loads.append(load)
+            if first_moe is not None and first_moe.stats is not None and y.dim() == 1:
+                counts = class_routing_counts(first_moe.stats.indices, y, logits.shape[-1],
+                                              first_moe.num_experts)
+                if counts is not None:
+                    by_class = counts if by_class is None else by_class + counts
     finally:
         model.train(was_training)
     mean_load = torch.stack(loads).mean(0).tolist() if loads else []
     return _Evaluation(loss=sum(losses) / len(losses), accuracy=correct / max(total, 1),
-                       expert_load=mean_load)
+                       expert_load=mean_load,
+                       routing_by_class=by_class.tolist() if by_class is not None else None)
 
 
 def evaluate(model: nn.Module, data: BatchSource, *, batches: int, device: torch.device,
@@ -292,6 +307,7 @@ def train(
     start_step = 0
     last_checkpoint: Path | None = None
     before = 0.0  # seconds spent by earlier segments of a resumed run
+    last_eval: _Evaluation | None = None
     display = Progress(config.steps, log_every=config.log_every, stream=progress,
                        prefix=f"[{model_name}] " if model_name != "model" else "")
     val_loss: float | None = None
@@ -316,6 +332,7 @@ def train(
                 autocast_dtype=autocast_dtype)
             val_loss = final.loss if final else None
             val_accuracy = final.accuracy if final else None
+            last_eval = final
         truncate_metrics(metrics_path, start_step)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / runs.CONFIG_FILE, saved_config)
@@ -406,6 +423,7 @@ def train(
                     ev = run_eval(step)
                     val_loss = ev.loss if ev else None
                     val_accuracy = ev.accuracy if ev else None
+                    last_eval = ev
                 if (config.checkpoint_every and step % config.checkpoint_every == 0) \
                         or step == config.steps:
                     last_checkpoint, saved_step = checkpoint(step), step
@@ -442,6 +460,11 @@ def train(
                "elapsed_s": elapsed, "device": device.type,
                "precision": str(autocast_dtype).removeprefix("torch.") if autocast_dtype else "fp32"}
     atomic_write_json(results_path, results)
+    if last_eval is not None and last_eval.routing_by_class is not None:
+        atomic_write_json(out / runs.ROUTING_FILE, {
+            "model": model_name, "step": step, "layer": "first MoE layer",
+            "what": "token-slots of each class (validation data) sent to each expert",
+            "counts": last_eval.routing_by_class})
     return TrainResult(model_name=model_name, step=step, train_losses=losses,
                        final_val_loss=val_loss, output_dir=out, checkpoint=last_checkpoint,
                        elapsed_s=elapsed, final_val_accuracy=val_accuracy, model=model)

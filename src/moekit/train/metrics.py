@@ -46,6 +46,25 @@ def expert_load(model: nn.Module) -> torch.Tensor | None:
     return torch.stack(loads).mean(dim=0)
 
 
+def class_routing_counts(indices_TK: torch.Tensor, labels_B: torch.Tensor, num_classes: int,
+                         num_experts: int) -> torch.Tensor | None:
+    """(classes, E) token-slots of each class sent to each expert in one batch of a classifier.
+
+    Each of the T = B * N tokens (patches, frames) has the label of its example; dropped slots
+    (index -1) are not counted. None when T is not a multiple of the batch.
+    """
+    T, B = indices_TK.shape[0], labels_B.shape[0]
+    if B == 0 or T % B:
+        return None
+    kinds_T = labels_B.to(indices_TK.device).long().repeat_interleave(T // B)
+    kinds_TK = kinds_T[:, None].expand_as(indices_TK)
+    kept = indices_TK >= 0
+    counts = torch.zeros(num_classes, num_experts, dtype=torch.float64, device=indices_TK.device)
+    one = torch.ones((), dtype=torch.float64, device=indices_TK.device)
+    counts.index_put_((kinds_TK[kept], indices_TK[kept]), one, accumulate=True)
+    return counts.cpu()
+
+
 class MetricsWriter:
     """Append JSON lines to a file, flushed after every line so a crash loses nothing written."""
 

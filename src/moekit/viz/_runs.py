@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moekit.runs import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, read_metrics
+from moekit.runs import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, ROUTING_FILE, read_metrics
 
 PLOTS_DIR = "report_plots"
 
@@ -23,6 +23,7 @@ class RunData:
     results: list[dict[str, Any]] | None = None
     pngs: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    routing: dict[str, Any] | None = None
 
 
 def _read_json(path: Path, notes: list[str]) -> Any:
@@ -77,6 +78,13 @@ def read_run(folder: Path, name: str) -> RunData:
     results = folder / RESULTS_FILE
     if results.is_file():
         run.results = _results_rows(_read_json(results, run.notes), results, run.notes)
+    routing = folder / ROUTING_FILE
+    if routing.is_file():
+        data = _read_json(routing, run.notes)
+        if isinstance(data, dict) and isinstance(data.get("counts"), list):
+            run.routing = data
+        elif data is not None:
+            run.notes.append(f"{routing}: expected an object with a 'counts' table; skipped")
     run.pngs = sorted(p for p in folder.glob("*.png") if p.is_file())
     return run
 

@@ -336,6 +336,7 @@ def build_report_from_run(
         f"{len(hist)} model(s): {', '.join(hist)}. 'last max/mean load' is the busiest "
         "expert's share times the number of experts at the last step (1 = balanced)."))]
     sections += _plot_sections(hist, plots, notes)
+    sections += _routing_sections(runs, plots, notes)
     pngs: list[str | os.PathLike[str]] = [p for run in runs for p in run.pngs]
     if pngs:
         sections.append(Section(title="Figures from the run", images=pngs))
@@ -350,6 +351,38 @@ def build_report_from_run(
         sections.append(Section(title="Notes", notes=notes))
     return write_report(root, title or f"moekit run: {root.resolve().name}", sections,
                         output=output, fmt=fmt)
+
+
+def _routing_sections(runs: list[_runs.RunData], plots: Path, notes: list[str]) -> list[Section]:
+    """A heatmap of which expert each class goes to, for runs that recorded it (routing.json)."""
+    from moekit.viz.routing import plot_routing_heatmap
+
+    images: list[str | os.PathLike[str]] = []
+    for run in runs:
+        if run.routing is None:
+            continue
+        try:
+            counts = np.asarray(run.routing["counts"], dtype=np.float64)
+        except (TypeError, ValueError):
+            notes.append(f"{run.name}: routing counts are not a table of numbers; no routing plot")
+            continue
+        if counts.ndim != 2 or counts.size == 0:
+            notes.append(f"{run.name}: routing counts are not a (classes, experts) table")
+            continue
+        names = (run.config or {}).get("data_info.class_names")
+        if not (isinstance(names, list) and len(names) == counts.shape[0]):
+            names = [f"class {i}" for i in range(counts.shape[0])]
+        seen = counts.sum(axis=1) > 0
+        model = str(run.routing.get("model", run.name))
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in model)
+        images.append(plot_routing_heatmap(
+            counts[seen], [str(n) for n, s in zip(names, seen) if s], plots / f"routing_{safe}.png",
+            title=f"Which expert each class goes to ({model}, first MoE layer, validation data)"))
+    if not images:
+        return []
+    return [Section(title="Routing", images=images, text=(
+        "Share of each class's token-slots (patches or frames of its examples) that the first "
+        "MoE layer sent to each expert, at the final evaluation."))]
 
 
 def _config_tables(runs: list[_runs.RunData]) -> list[Table]:
