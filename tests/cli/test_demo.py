@@ -42,3 +42,15 @@ def test_demo_on_cuda_without_a_gpu_fails_up_front(tmp_path, capsys, monkeypatch
     assert len(lines) == 1 and "--device cuda: torch" in lines[0] and "sees no CUDA GPU" in lines[0]
     assert "use --device cpu or --device auto" in lines[0]
     assert captured.out == "" and not out.exists()  # nothing was fitted or written first
+
+
+def test_readme_and_help_state_the_same_demo_time():
+    import re
+    from pathlib import Path
+
+    from moekit.cli import demo
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    stated = re.search(r"`moekit demo` takes (about [a-z ]+?) on (\d) CPU cores", readme)
+    assert stated is not None
+    assert f"# {stated.group(1)} on {stated.group(2)} CPU cores" in (demo.__doc__ or "")

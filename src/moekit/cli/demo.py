@@ -1,6 +1,6 @@
 """The tour of moekit: statistical MoE on tabular data, then a sparse MoE language model.
 
-    moekit demo                      # a few minutes on 2 CPU cores; writes ./moekit-demo/
+    moekit demo                      # about a minute on 2 CPU cores; writes ./moekit-demo/
     moekit demo --output /tmp/tour   # somewhere else
     moekit demo --quick              # a smoke run in well under a minute
 

@@ -5,7 +5,8 @@ training run left in a folder, makes the plots and writes the report.
 
 Run-folder contract
 -------------------
-What :func:`build_report_from_run` reads; every piece is optional except that at least one
+What :func:`build_report_from_run` reads (``moekit train`` writes these files; their names and
+formats are defined in :mod:`moekit.runs`); every piece is optional except that at least one
 ``metrics.jsonl`` must hold a record::
 
     RUN_DIR/
@@ -14,6 +15,9 @@ What :func:`build_report_from_run` reads; every piece is optional except that at
       results.json       a JSON object (one row), a list of objects (one row each), or an
                          object of objects ({"moe": {...}, "dense": {...}}: one row each,
                          the key in a "name" column); nested objects become dotted columns
+      routing.json       {"counts": [[...]], "model": ...}: token-slots of each class per
+                         expert, drawn as a heatmap (class names from config.json's
+                         data_info.class_names)
       *.png              plots the run made itself, embedded as they are
       NAME/              sub-runs (e.g. ``moe/`` and ``dense/``) with the same layout; any
                          sub-folder holding a metrics.jsonl is one
