@@ -309,3 +309,18 @@ def test_example_configs_keep_their_meaning():
     assert digits.moe == SoftMoEConfig(d_model=32, d_ff=64, num_experts=4, slots_per_expert=2,
                                        activation="gelu")
     assert (digits.architecture, digits.patch_size, digits.n_layers) == ("vit", 2, 2)
+
+
+def test_a_run_folder_rebuilds_its_model(tmp_path):
+    """config.json's model entry builds the model its checkpoint loads into."""
+    from moekit.models import TransformerLM, TransformerLMConfig
+    from moekit.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    config = write(tmp_path, TINY_LM.replace("steps = 6", "steps = 2"))
+    out = tmp_path / "r"
+    assert main(["train", str(config), "--output", str(out)]) == 0
+    saved = json.loads((out / "moe" / "config.json").read_text())["model"]
+    model = TransformerLM(TransformerLMConfig.from_dict(saved))
+    load_checkpoint(latest_checkpoint(out / "moe" / "checkpoints"), model=model, restore_rng=False)
+    dense = json.loads((out / "dense" / "config.json").read_text())["model"]
+    assert TransformerLMConfig.from_dict(dense).moe is None

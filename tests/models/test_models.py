@@ -310,3 +310,27 @@ def test_docstring_examples_run(name):
     module = importlib.import_module(f"moekit.models.{name}")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("config", [
+    lm_config(router="sigmoid_bias", num_shared_experts=1, n_layers=3, moe_every=2),
+    lm_config(mlp="dense"),
+    _image("soft"), _image("expert_choice", "mlp"), _audio("noisy_topk"),
+], ids=["lm", "lm-dense", "image-soft", "image-mlp", "audio"])
+def test_configs_round_trip_through_a_dict(config):
+    import dataclasses
+    import json
+
+    data = json.loads(json.dumps(dataclasses.asdict(config)))  # as a run's config.json holds it
+    assert type(config).from_dict(data) == config
+
+
+def test_flat_dicts_of_earlier_versions_still_build():
+    # moekit 0.1 wrote the flat fields into config.json; from_dict reads them through create
+    old = dict(vocab_size=11, block_size=8, d_model=16, n_layers=2, n_heads=2, d_ff=16,
+               num_experts=4, top_k=2, router="topk", activation="swiglu", capacity_factor=None,
+               num_shared_experts=0, aux_loss_weight=0.01, z_loss_weight=0.0, mlp="moe",
+               moe_every=1, position="rope", dropout=0.0, tie_weights=True)
+    assert TransformerLMConfig.from_dict(old) == TransformerLMConfig.create(**old)
+    with pytest.raises(TypeError, match="from_dict needs a mapping"):
+        TransformerLMConfig.from_dict([1, 2])

@@ -21,8 +21,9 @@ torch.Size([3, 4])
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -37,6 +38,7 @@ from moekit.models.blocks import (
     SelfAttention,
     check_dropout,
     check_mlp_config,
+    config_from_dict,
     flat_moe_config,
     make_mlp,
 )
@@ -92,6 +94,12 @@ class AudioClassifierConfig:
     def tokens(self) -> int:
         """Tokens (frames) per clip the MLPs see at the longest input."""
         return self.max_frames
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AudioClassifierConfig:
+        """The config from a dict: ``dataclasses.asdict(config)`` (a run's ``config.json``
+        ``model`` entry, which round-trips) or the flat keywords of :meth:`create`."""
+        return config_from_dict(cls, data)  # type: ignore[no-any-return]
 
     @classmethod
     def create(

@@ -12,13 +12,24 @@ activations) and its checks are those of :mod:`moekit.layers`; nothing is redefi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moekit.layers import FeedForward, MoEConfig, MoELayer, SoftMoE, SoftMoEConfig
+from moekit.layers import (
+    DispatchConfig,
+    ExpertsConfig,
+    FeedForward,
+    MoEConfig,
+    MoELayer,
+    RouterConfig,
+    SharedExpertsConfig,
+    SoftMoE,
+    SoftMoEConfig,
+)
 from moekit.layers._checks import check_choice
 from moekit.layers.experts import Activation
 
@@ -82,6 +93,33 @@ def flat_moe_config(
         num_shared_experts=num_shared_experts, aux_loss_weight=aux_loss_weight,
         z_loss_weight=z_loss_weight,
     )
+
+
+_MOE_PARTS: dict[str, type] = {"router": RouterConfig, "experts": ExpertsConfig,
+                               "dispatch": DispatchConfig, "shared": SharedExpertsConfig}
+
+
+def mlp_config_from_dict(data: Mapping[str, Any] | None) -> MLPConfig:
+    """The ``moe`` field back from ``dataclasses.asdict`` of it (a run's ``config.json``)."""
+    if data is None:
+        return None
+    if not isinstance(data, Mapping):
+        raise TypeError(f"moe={data!r} must be a mapping (as dataclasses.asdict writes) or None")
+    if "router" in data:
+        return MoEConfig(**{key: _MOE_PARTS[key](**value)
+                            if key in _MOE_PARTS and isinstance(value, Mapping) else value
+                            for key, value in data.items()})
+    return SoftMoEConfig(**data)
+
+
+def config_from_dict(cls: Any, data: Mapping[str, Any]) -> Any:
+    """``cls`` (a model config) from a dict: nested, as ``dataclasses.asdict(config)`` writes
+    it (``config.json`` of a run), or flat, as experiment files and moekit before 0.2 wrote it."""
+    if not isinstance(data, Mapping):
+        raise TypeError(f"{cls.__name__}.from_dict needs a mapping, got {type(data).__name__}")
+    if "moe" in data:
+        return cls(**{**data, "moe": mlp_config_from_dict(data["moe"])})
+    return cls.create(**data)
 
 
 def make_mlp(moe: MLPConfig, *, d_model: int, d_ff: int, activation: Activation) -> nn.Module:

@@ -26,8 +26,9 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,7 @@ from moekit.models.blocks import (
     SelfAttention,
     check_dropout,
     check_mlp_config,
+    config_from_dict,
     flat_moe_config,
     make_mlp,
 )
@@ -113,6 +115,12 @@ class ImageClassifierConfig:
     def tokens(self) -> int:
         """Tokens per image the MLPs see: patches for the ViT, 1 for the MLP architecture."""
         return (self.image_size // self.patch_size) ** 2 if self.architecture == "vit" else 1
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ImageClassifierConfig:
+        """The config from a dict: ``dataclasses.asdict(config)`` (a run's ``config.json``
+        ``model`` entry, which round-trips) or the flat keywords of :meth:`create`."""
+        return config_from_dict(cls, data)  # type: ignore[no-any-return]
 
     @classmethod
     def create(

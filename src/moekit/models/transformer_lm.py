@@ -31,8 +31,9 @@ True
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -46,6 +47,7 @@ from moekit.models.blocks import (
     SelfAttention,
     check_dropout,
     check_mlp_config,
+    config_from_dict,
     flat_moe_config,
     make_mlp,
 )
@@ -137,6 +139,12 @@ class TransformerLMConfig:
         check_mlp_config(self.moe, self.d_model, allow_soft=False, model="TransformerLM")
         if self.moe is not None:
             check_causal_routing(self.moe)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TransformerLMConfig:
+        """The config from a dict: ``dataclasses.asdict(config)`` (a run's ``config.json``
+        ``model`` entry, which round-trips) or the flat keywords of :meth:`create`."""
+        return config_from_dict(cls, data)  # type: ignore[no-any-return]
 
     @classmethod
     def create(
