@@ -107,7 +107,7 @@ def test_the_checker_catches_a_missing_path(tmp_path):
 
 def test_the_examples_index_lists_every_example():
     index = (ROOT / "examples" / "README.md").read_text(encoding="utf-8")
-    examples = sorted([*(ROOT / "examples").glob("*.py"), *(ROOT / "examples" / "configs").glob("*")])
+    examples = sorted([*(ROOT / "examples").rglob("*.py"), *(ROOT / "examples" / "configs").glob("*")])
     unlisted = [str(p.relative_to(ROOT)) for p in examples
                 if f"`{p.relative_to(ROOT)}`" not in index]
     assert unlisted == [], f"examples/README.md does not list {unlisted}"

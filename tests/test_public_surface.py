@@ -18,15 +18,16 @@ import moekit
 from moekit.cli.main import build_parser
 
 MOEKIT_ALL = ["__version__", "data", "estimators", "integrations", "kernels", "layers", "models",
-              "train", "viz"]
+              "showcases", "train", "viz"]
 
 CLI_FLAGS_SNAPSHOT: dict[str, list[str]] = {
     "bench": ["--balanced", "--device", "--dtype", "--help", "--json", "--no-memory", "--quick", "--repeats", "--scale", "--seed", "--shapes", "--threads", "--tokens", "--warmup", "-h"],
     "demo": ["--device", "--force", "--help", "--output", "--quick", "--seed", "--steps", "-h", "-o"],
-    "fit": ["--classifier", "--drop", "--dropna", "--expert", "--experts", "--help", "--max-iter", "--n-init", "--output", "--se", "--seed", "--target", "-h", "-k", "-o", "csv"],
+    "fit": ["--classifier", "--criterion", "--decimal", "--delimiter", "--drop", "--dropna", "--encoding", "--expert", "--expert-alpha", "--experts", "--gate-alpha", "--help", "--hierarchical", "--max-experts", "--max-iter", "--n-init", "--no-target-check", "--output", "--quiet", "--se", "--seed", "--standardize", "--target", "--tol", "--verbose", "-h", "-k", "-o", "-q", "-v", "csv"],
     "info": ["--help", "--json", "-h"],
-    "predict": ["--alpha", "--dropna", "--help", "--output", "-h", "-o", "csv", "model"],
+    "predict": ["--alpha", "--decimal", "--delimiter", "--dropna", "--encoding", "--help", "--keep", "--output", "-h", "-o", "csv", "model"],
     "report": ["--format", "--help", "--output", "-h", "-o", "run_dir"],
+    "showcase": ["--device", "--help", "--output", "--quick", "--seeds", "-h", "-o", "name"],
     "train": ["--device", "--help", "--output", "--resume", "--steps", "-h", "config"],
 }
 
