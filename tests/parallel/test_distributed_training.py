@@ -106,7 +106,7 @@ def test_moekit_train_nproc_2_finishes_and_loads_in_one_process(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "on 2 processes" in done.stdout
     state = json.loads((out / "checkpoints" / "step_000003" / "state.json").read_text())
-    model = TransformerLM(TransformerLMConfig(**state["config"]["model"]))
+    model = TransformerLM(TransformerLMConfig.from_dict(state["config"]["model"]))
     loaded = load_checkpoint(out / "checkpoints", model=model)
     assert loaded.step == 3
     results = json.loads((out / "results.json").read_text())

@@ -23,9 +23,9 @@ def token_ids() -> torch.Tensor:
 def model_config() -> TransformerLMConfig:
     # sigmoid_bias with an aux loss too: the bias step, the global aux loss and the clipping
     # norm all have to agree with one process.
-    return TransformerLMConfig(vocab_size=VOCAB, block_size=8, d_model=16, n_layers=2,
-                               n_heads=2, d_ff=16, num_experts=4, top_k=2,
-                               router="sigmoid_bias", aux_loss_weight=0.01)
+    return TransformerLMConfig.create(vocab_size=VOCAB, block_size=8, d_model=16, n_layers=2,
+                                      n_heads=2, d_ff=16, num_experts=4, top_k=2,
+                                      router="sigmoid_bias", aux_loss_weight=0.01)
 
 
 def run(output: str, steps: int, *, resume: bool = False, distributed: Any = None) -> list[float]:

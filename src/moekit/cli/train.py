@@ -23,11 +23,13 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import sys
 from typing import Any
 
 from moekit.cli.errors import CLIError
 
 HELP = "train an MoE model from a TOML/YAML config (language model, images, audio)"
+NEEDS = ("torch", "safetensors", *(("tomli",) if sys.version_info < (3, 11) else ()))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,8 +96,14 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:  # e.g. device='cuda' without a GPU, fp16 on CPU
         raise CLIError(str(err)) from None
     for name, result in results.items():
+        if result.already_done:
+            print(f"{name}: already finished at step {result.step} (of {spec.train.steps}); "
+                  "nothing to do, its files are unchanged")
+            continue
         val = f"{result.final_val_loss:.4f}" if result.final_val_loss is not None else "n/a"
-        print(f"{name}: {result.step} steps in {result.elapsed_s:.1f} s, val loss {val}")
+        acc = (f", val accuracy {result.final_val_accuracy:.1%}"
+               if result.final_val_accuracy is not None and spec.kind != "lm" else "")
+        print(f"{name}: {result.step} steps in {result.elapsed_s:.1f} s, val loss {val}{acc}")
     print(f"run folder: {spec.train.output_dir}  (report: moekit report {spec.train.output_dir})")
     return 0
 

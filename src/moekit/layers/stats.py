@@ -83,8 +83,13 @@ class RoutingStats:
 
     def balance(self) -> float:
         """max load / mean load: 1.0 is perfectly balanced, E means one expert took everything."""
-        load = self.load.float()
-        return float(load.max() / load.mean().clamp_min(1e-12)) if load.numel() else 1.0
+        return load_balance(self.load)
+
+
+def load_balance(load_E: torch.Tensor) -> float:
+    """max / mean of a load per expert ``(E,)`` (shares or counts): 1.0 is perfectly balanced."""
+    load = load_E.detach().float()
+    return float(load.max() / load.mean().clamp_min(1e-12)) if load.numel() else 1.0
 
 
 @torch.no_grad()
