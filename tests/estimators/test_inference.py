@@ -213,7 +213,7 @@ def test_summary_wording():
     X, y, _ = make_moe_regression(500, 2, 2, noise=0.3, random_state=0)
     m = MixtureOfExpertsRegressor(2, random_state=0).fit(X, y)
     text = m.summary()
-    assert text.count("expert 1: ") == 4 and "gate: expert 1 vs 0: x1" in text
+    assert text.count("expert 1: ") == 4 and "gate expert 1 vs 0: x1" in text
     assert "gate child" not in text and "log-odds of each expert against expert 0" in text
     ll = m.log_likelihood(X, y)
     assert f"log-likelihood {ll:.4f} (training data)" in text

@@ -8,6 +8,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
 from sklearn.utils.validation import check_is_fitted
+from threadpoolctl import threadpool_limits
 
 from ._em import penalty
 from ._families import df_at_bound
@@ -47,10 +48,10 @@ def parameter_names(est: Any, feature_names: list[str] | None = None) -> list[st
         for a in range(c.shape[0]):
             if flat:
                 tag = "gate"
-                names += [f"{tag}: expert {b} vs 0: {t}" for b in range(1, c.shape[1]) for t in terms]
+                names += [f"{tag} expert {b} vs 0: {t}" for b in range(1, c.shape[1]) for t in terms]
                 continue
             node = f" node {a}" if c.shape[0] > 1 else ""
-            names += [f"gate L{level}{node}: child {b} vs 0: {t}"
+            names += [f"gate L{level}{node} child {b} vs 0: {t}"
                       for b in range(1, c.shape[1]) for t in terms]
     for k in range(est.n_experts_):
         if family.name == "multinomial":
@@ -116,7 +117,7 @@ def _header(est: Any, inf: Inference) -> list[str]:
     pen = penalty(state, float(est.gate_alpha), est._expert_penalty())
     ll = est.lower_bound_ + pen
     lines = [f"{type(est).__name__}: {K} {kind}, {gate}",
-             f"{est.n_features_in_} features, {est.n_parameters_} free parameters; "
+             f"features {est.n_features_in_}, free parameters {est.n_parameters_}, "
              f"log-likelihood {ll:.4f} (training data)"]
     acting = []
     if K > 1 and est.gate_alpha > 0:
@@ -204,10 +205,11 @@ class InferenceMixin:
 
     def _infer(self, X: Any, y: Any, sw: Any, se: str) -> Inference:
         est: Any = self
-        return infer(family=est._make_family(), state=est._internal_state(),
-                     branching=tuple(est.branching_), design=est._design(),
-                     standardize=bool(est.standardize), gate_alpha=float(est.gate_alpha),
-                     X=X, y=y, sw=sw, se=se)
+        with threadpool_limits(limits=1, user_api="blas"):  # skinny GEMMs, as in fit
+            return infer(family=est._make_family(), state=est._internal_state(),
+                         branching=tuple(est.branching_), design=est._design(),
+                         standardize=bool(est.standardize), gate_alpha=float(est.gate_alpha),
+                         X=X, y=y, sw=sw, se=se)
 
     def _training_inference(self) -> Inference:
         cached = self.__dict__.get("_covariance")
