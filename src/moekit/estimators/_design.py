@@ -88,7 +88,8 @@ class Design:
         return out
 
 
-def fit_design(X: np.ndarray, sample_weight: np.ndarray, *, tol: float = ALIAS_TOL) -> Design:
+def fit_design(X: np.ndarray, sample_weight: np.ndarray, *, tol: float = ALIAS_TOL,
+               chunk: int = 65536) -> Design:
     """Learn means and scales, and find aliased columns, from the rows with positive weight.
 
     A column is aliased when, after standardising, its distance from the span of the intercept
@@ -97,29 +98,67 @@ def fit_design(X: np.ndarray, sample_weight: np.ndarray, *, tol: float = ALIAS_T
     order, so the first of two identical columns is kept (as R's ``lm`` does).
     """
     w = sample_weight / np.sum(sample_weight)
+    if not np.all(w > 0):
+        X, w = X[w > 0], w[w > 0]
+    n = X.shape[0]
     mean = w @ X
-    centred = X - mean
-    var = w @ (centred**2)
-    spread = np.sqrt(np.maximum(var, 0.0))
-    constant = spread <= 1e-12 * (1.0 + np.abs(mean))
+    var = np.zeros(len(mean))
+    for start in range(0, n, chunk):  # two passes: no cancellation when mean >> sd
+        centred = X[start : start + chunk] - mean
+        var += w[start : start + chunk] @ (centred * centred)
+    spread = np.sqrt(var)
+    constant = spread <= 1e-14 * np.abs(mean)
     scale = np.where(constant, 1.0, spread)
     candidates = np.flatnonzero(~constant)
     aliased = set(np.flatnonzero(constant).tolist())
     if len(candidates):
-        rows = w > 0
-        A = np.empty((int(np.sum(rows)), len(candidates) + 1))
-        sqrt_w = np.sqrt(w[rows])
-        A[:, 0] = sqrt_w
-        A[:, 1:] = centred[np.ix_(rows, candidates)] / scale[candidates] * sqrt_w[:, None]
-        R = np.asarray(np.linalg.qr(A, mode="r"))
-        norms = np.linalg.norm(A, axis=0)
-        diag = np.zeros(A.shape[1])
-        diag[: min(R.shape)] = np.abs(np.diag(R))  # fewer rows than columns: the rest are 0
-        for i, j in enumerate(candidates):
-            if diag[i + 1] <= tol * max(norms[i + 1], 1e-300):
-                aliased.add(int(j))
+        Xc = X if len(candidates) == X.shape[1] else X[:, candidates]
+        blocks = _standardised_blocks(Xc, w, mean[candidates], scale[candidates], chunk)
+        # Screen with the Gram matrix (cheap); only a column that is at all close to the span
+        # of the earlier ones needs the QR decomposition, which decides.
+        gram = sum(A.T @ A for A in blocks(None))
+        if np.any(_sequential_pivots(gram) <= 1e-8):
+            R = np.asarray(np.linalg.qr(np.vstack([np.asarray(np.linalg.qr(A, mode="r"))
+                                                   for A in blocks(None)]), mode="r"))
+            diag = np.zeros(len(candidates) + 1)
+            diag[: min(R.shape)] = np.abs(np.diag(R))  # fewer rows than columns: rest are 0
+            for i, j in enumerate(candidates):
+                if diag[i + 1] <= tol:
+                    aliased.add(int(j))
     kept = np.array([j for j in range(X.shape[1]) if j not in aliased], dtype=int)
     return Design(mean=mean, scale=scale, kept=kept, aliased=tuple(sorted(aliased)))
+
+
+def _standardised_blocks(X, w, mean, scale, chunk):
+    """Chunks of ``sqrt(w) [1, (X - mean) / scale]``, each of unit-norm columns overall.
+
+    The R factor of the QR decomposition of the stacked R factors of the chunks is that of the
+    whole matrix (up to signs), so no n x p copy is ever made.
+    """
+    def blocks(_):
+        for start in range(0, X.shape[0], chunk):
+            sqrt_w = np.sqrt(w[start : start + chunk])
+            A = np.empty((len(sqrt_w), X.shape[1] + 1))
+            A[:, 0] = sqrt_w
+            np.subtract(X[start : start + chunk], mean, out=A[:, 1:])
+            A[:, 1:] *= sqrt_w[:, None] / scale
+            yield A
+    return blocks
+
+
+def _sequential_pivots(gram: np.ndarray) -> np.ndarray:
+    """Cholesky pivots in column order, a pivot near 0 skipped: d_j = squared distance of
+    column j from the span of the earlier non-negligible columns (norms are 1)."""
+    p = len(gram)
+    L = np.zeros((p, p))
+    pivots = np.zeros(p)
+    for j in range(p):
+        d = gram[j, j] - L[j, :j] @ L[j, :j]
+        pivots[j] = d
+        if d > 1e-10:
+            L[j + 1 :, j] = (gram[j + 1 :, j] - L[j + 1 :, :j] @ L[j, :j]) / np.sqrt(d)
+            L[j, j] = np.sqrt(d)
+    return pivots
 
 
 def alias_relations(X: np.ndarray, design: Design, names: list[str]) -> dict[int, str]:
@@ -130,7 +169,7 @@ def alias_relations(X: np.ndarray, design: Design, names: list[str]) -> dict[int
         if j not in design.aliased:
             earlier.append(j)
             continue
-        if np.ptp(X[:, j]) <= 1e-12 * (1.0 + np.abs(X[:, j]).max()):
+        if np.ptp(X[:, j]) <= 1e-14 * np.abs(X[:, j]).max():
             out[j] = f"constant {X[0, j]:.6g}"
             continue
         cols = [c for c in earlier if c < j]

@@ -33,7 +33,8 @@ def logsumexp(a: np.ndarray, axis: int = -1, keepdims: bool = False) -> np.ndarr
     """log(sum(exp(a))) along ``axis``, stable for large |a|.
 
     A short axis (experts, classes) is reduced by a loop of element-wise operations over its
-    slices, which NumPy runs far faster than a reduction along a short strided axis.
+    slices, which NumPy runs far faster than a reduction along a short strided axis; on many
+    rows, a block of rows at a time, so that the slices stay in cache.
     """
     ax = axis % a.ndim
     k = a.shape[ax]
@@ -42,6 +43,20 @@ def logsumexp(a: np.ndarray, axis: int = -1, keepdims: bool = False) -> np.ndarr
         m = np.where(np.isfinite(m), m, 0.0)
         out = np.log(np.sum(np.exp(a - m), axis=ax, keepdims=True)) + m
         return out if keepdims else np.squeeze(out, axis=ax)
+    if ax == a.ndim - 1 and a.ndim == 2 and a.shape[0] > _LSE_ROWS:
+        out = np.empty(a.shape[0])
+        for start in range(0, a.shape[0], _LSE_ROWS):
+            out[start : start + _LSE_ROWS] = _lse_short(a[start : start + _LSE_ROWS], 1)
+        return out[:, None] if keepdims else out
+    out = _lse_short(a, ax)
+    return np.expand_dims(out, ax) if keepdims else out
+
+
+_LSE_ROWS = 8192
+
+
+def _lse_short(a: np.ndarray, ax: int) -> np.ndarray:
+    k = a.shape[ax]
     lead: tuple[slice, ...] = (slice(None),) * ax
     parts = [a[lead + (i,)] for i in range(k)]
     m = np.array(parts[0], dtype=float)
@@ -54,7 +69,7 @@ def logsumexp(a: np.ndarray, axis: int = -1, keepdims: bool = False) -> np.ndarr
     with np.errstate(divide="ignore"):  # rows of -inf only: log(0) = -inf is the answer
         out = np.log(total)
     out += m
-    return np.expand_dims(out, ax) if keepdims else out
+    return out
 
 
 def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -75,8 +75,8 @@ class MixtureOfExpertsRegressor(IntervalsMixin, RegressorMixin, BaseMixtureOfExp
         L2 penalty on each expert's non-intercept coefficients of the standardised columns (in
         units of sd(y) for linear and Student-t experts).
     n_init : int, default=5
-        EM runs from different starts; the best penalised likelihood is kept. Above 200,000
-        rows the restarts run on a 50,000-row subsample and only the best continues on all
+        EM runs from different starts; the best penalised likelihood is kept. Above 50,000
+        rows the restarts run on a 20,000-row subsample and only the best continues on all
         rows.
     init : {"auto", "kmeans", "kmeans_xy", "random"}, default="auto"
         Starting responsibilities: k-means on the standardised X, on (X, y), or a hard random
