@@ -70,7 +70,9 @@ def row_products(X1: np.ndarray) -> np.ndarray:
     Column order is that of ``np.triu_indices(d)`` (row-major upper triangle).
     """
     n, d = X1.shape
-    out = np.empty((n, d * (d + 1) // 2))
+    # column-major: each block below is written contiguously, and the GEMMs that read it
+    # (a few weight columns against all products) run faster on it
+    out = np.empty((n, d * (d + 1) // 2), order="F")
     start = 0
     for i in range(d):
         np.multiply(X1[:, i : i + 1], X1[:, i:], out=out[:, start : start + d - i])
