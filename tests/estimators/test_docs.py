@@ -45,14 +45,6 @@ def test_cli_contract_parameters_are_there():
     assert MixtureOfExpertsRegressor().standardize is False
 
 
-def test_estimators_never_import_torch():
-    import subprocess
-    import sys
-
-    code = "import sys, moekit.estimators; sys.exit('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
-
-
 def test_estimator_docs_cite_only_existing_files_and_real_attributes():
     import moekit.estimators as est
 

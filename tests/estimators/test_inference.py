@@ -156,7 +156,7 @@ def test_ridge_sandwich_is_the_sampling_covariance_of_the_penalised_estimate():
     beta = np.array([1.0, 0.8, -0.6, 0.4])
     est_alpha = 30.0
     estimates, se_sandwich, se_posterior = [], [], []
-    for r in range(200):
+    for r in range(120):
         y = beta[0] + Z @ beta[1:] + rng.normal(size=len(X))
         m = MixtureOfExpertsRegressor(1, expert_alpha=est_alpha, standardize=True).fit(X, y)
         estimates.append(m.expert_coef_[0])

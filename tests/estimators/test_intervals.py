@@ -47,10 +47,10 @@ def _diabetes_coverage(K, method, reps, alpha=0.1):
         test, train = perm[:110], perm[110:]
         if method == "split":
             fit, cal = train[:220], train[220:]
-            m = MixtureOfExpertsRegressor(K, random_state=rep).fit(X[fit], y[fit])
+            m = MixtureOfExpertsRegressor(K, random_state=rep, n_init=2).fit(X[fit], y[fit])
             m.calibrate_intervals(X[cal], y[cal])
         else:
-            m = MixtureOfExpertsRegressor(K, random_state=rep).fit(X[train], y[train])
+            m = MixtureOfExpertsRegressor(K, random_state=rep, n_init=2).fit(X[train], y[train])
             if method == "cv":
                 m.calibrate_intervals(X[train], y[train], cv=5)
         lo, hi = m.predict_interval(X[test], alpha, method="model" if method == "model"

@@ -93,7 +93,8 @@ def test_file_holds_json_and_a_pickle_free_npz(data, tmp_path: Path) -> None:
 
 def test_refuses_what_needs_pickle(data, tmp_path: Path) -> None:
     X, y = data
-    model = MixtureOfExpertsRegressor(2, expert=DecisionTreeRegressor(max_depth=2), random_state=0)
+    model = MixtureOfExpertsRegressor(2, expert=DecisionTreeRegressor(max_depth=2), random_state=0,
+                                      n_init=1, max_iter=5)
     with pytest.raises(ModelFileError, match=r"estimator\.expert is a .*DecisionTreeRegressor.*"
                                              r"cannot be saved without pickle"):
         save_model(model.fit(X, y), tmp_path / "m.moekit")

@@ -28,8 +28,6 @@ ESTIMATORS = [
     MixtureOfExpertsClassifier(n_experts=2, random_state=0, max_iter=30, n_init=2),
     HierarchicalMixtureOfExpertsRegressor(branching=(2, 2), random_state=0, max_iter=30,
                                           n_init=2),
-    MixtureOfExpertsRegressor(n_experts=2, random_state=0, max_iter=50, n_init=2,
-                              standardize=True),
 ]
 
 

@@ -45,7 +45,7 @@ def test_many_blas_threads_are_not_slower_than_one():
     X, y, _ = make_moe_regression(5000, 10, 3, random_state=0)
     _cpu_seconds(X[:500], y[:500], 1)  # warm up imports and caches
     one, many = [], []
-    for _ in range(3):  # interleaved, so that machine load hits both alike
+    for _ in range(5):  # interleaved, so that machine load hits both alike; the best of each
         one.append(_cpu_seconds(X, y, 1))
         many.append(_cpu_seconds(X, y, 8))
     assert min(many) <= 1.2 * min(one), (one, many)
