@@ -51,7 +51,8 @@ class MoELayer(nn.Module):
     top_k : experts per token K (for ``expert_choice``: the average experts per token).
     router : ``"topk"`` (Mixtral, Qwen-MoE, OLMoE), ``"switch"``, ``"noisy_topk"``,
         ``"sigmoid_bias"`` (DeepSeek-V3) or ``"expert_choice"``.
-    activation : ``"swiglu"``, ``"geglu"``, ``"gelu"``, ``"relu"`` or ``"silu"``.
+    activation : ``"swiglu"``, ``"geglu"``, ``"geglu_tanh"``, ``"gelu"``, ``"gelu_tanh"``,
+        ``"relu"``, ``"relu2"`` or ``"silu"``.
     capacity_factor : None for dropless routing, else ``C = ceil(capacity_factor * T * K / E)``.
     drop_policy : which slots an over-full expert keeps: ``"position"`` or ``"score"``.
     num_shared_experts, shared_d_ff : a dense FFN of hidden size ``num_shared_experts *
@@ -145,7 +146,7 @@ class MoELayer(nn.Module):
         else:
             ex = config.experts
             self.experts = GroupedExperts(config.d_model, ex.d_ff, config.num_experts,
-                                          ex.activation, bias=ex.bias)
+                                          ex.activation, bias=ex.bias, glu=ex.glu)
         sh = config.shared
         self.shared_experts = (FeedForward(config.d_model, sh.d_ff, config.experts.activation)
                                if sh is not None else None)
@@ -221,18 +222,36 @@ class MoELayer(nn.Module):
             check_dtype_matches(x, expert_param, "MoELayer")
         x_TD = x.reshape(-1, self.d_model)
         routing = self.router(x_TD)
-        keep_TK, cap = self._keep(routing)
-        y_TD = self.dispatcher(x_TD, routing, keep_TK, self.experts, cap)
+        y_TD = self.forward_routed(x_TD, routing, self.router)
         if self.shared_experts is not None:
             shared_TD = self.shared_experts(x_TD)
             if self.shared_gate is not None:
                 shared_TD = torch.sigmoid(self.shared_gate(x_TD)) * shared_TD
             y_TD = y_TD + shared_TD
-        self.aux_loss = self._aux_loss(routing)
-        self.stats = routing_stats(routing.indices_TK, keep_TK,
-                                   self.router.token_distribution(routing), self.num_experts,
-                                   routing.keep_TK)
         return y_TD.view(x.shape)
+
+    def forward_routed(self, x_TD: torch.Tensor, routing: Routing, router: Router) -> torch.Tensor:
+        """The routed experts' part of the forward, for a routing the caller computed: (T, D).
+
+        Capacity keep, dispatch, experts, combine (``layer.dispatcher``), with the combine weights
+        on the experts' outputs, or on their inputs for ``dispatch.apply_weights="input"``
+        (Llama 4: ``expert(w * x)``); then ``self.aux_loss`` and ``self.stats`` from ``router``'s
+        rule. A layer that routes differently (a patched transformers block keeping its own
+        router module) calls this after routing.
+        """
+        keep_TK, cap = self._keep(routing)
+        if self.config.dispatch.apply_weights == "input":
+            x_RD, tokens_per_expert_E, meta = self.dispatcher.dispatch(x_TD, routing, keep_TK, cap)
+            x_RD = x_RD * meta.weight_R.unsqueeze(-1).to(x_RD.dtype)
+            y_RD = self.experts(x_RD, tokens_per_expert_E, full=meta.full)
+            unit = dataclasses.replace(meta, weight_R=torch.ones_like(meta.weight_R))
+            y_TD = self.dispatcher.combine(y_RD, unit)
+        else:
+            y_TD = self.dispatcher(x_TD, routing, keep_TK, self.experts, cap)
+        self.aux_loss = self._aux_loss(routing, router)
+        self.stats = routing_stats(routing.indices_TK, keep_TK, router.token_distribution(routing),
+                                   self.num_experts, routing.keep_TK)
+        return y_TD
 
     def _keep(self, routing: Routing) -> tuple[torch.Tensor | None, int | None]:
         """Slots that reach their expert (None = all) and the static per-expert bound, if any.
@@ -251,10 +270,10 @@ class MoELayer(nn.Module):
                                 dispatch.drop_policy)
         return keep_TK, cap
 
-    def _aux_loss(self, routing: Routing) -> torch.Tensor:
+    def _aux_loss(self, routing: Routing, router: Router) -> torch.Tensor:
         loss = routing.logits_TE.new_zeros(())
         if self.aux_loss_weight > 0:
-            loss = loss + self.aux_loss_weight * self.router.balance_loss(routing)
+            loss = loss + self.aux_loss_weight * router.balance_loss(routing)
         if self.z_loss_weight > 0:
             loss = loss + self.z_loss_weight * router_z_loss(routing.logits_TE)
         return loss

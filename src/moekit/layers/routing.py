@@ -18,7 +18,17 @@ router            selection                                   combine weights
 ``expert_choice`` each expert takes its top-C tokens          softmax probability
 ================  ==========================================  =============================================
 
-Aux-loss-free balancing (``sigmoid_bias``): training forwards only *count* the slots each expert
+The token-choice rules (``topk``, ``switch``, ``sigmoid_bias``) take options that the routers of
+published models differ by (``RouterConfig``): ``select="logits"`` picks the top k of the raw
+logits and scores only those (softmax over the k, or sigmoid: GPT-OSS, Granite, Llama 4);
+``expert_bias`` adds a choice-only bias (DeepSeek-V3's ``e_score_correction_bias``; also with
+softmax scores, ERNIE 4.5); group-limited selection scores groups by the sum of their top two
+(DeepSeek-V3) or by their maximum (DeepSeek-V2); the renormalisation has an epsilon, a floor and a
+p-norm; ``routed_scaling_factor`` multiplies the weights; ``score_precision`` and
+``weights_precision`` say where a model rounds to its own dtype. :meth:`Router.route_logits`
+applies a rule to logits computed elsewhere (a transformers router module, say).
+
+Aux-loss-free balancing (``sigmoid_bias``, or any router with ``expert_bias``): training forwards only *count* the slots each expert
 received; the bias moves when :func:`update_router_biases` is called, once per optimizer step
 (``b_e += rate * sign(mean load - load_e)`` over the counts since the last call). Counting happens
 as the gradient flows back through the combine weights, so a forward recomputed by activation
@@ -42,6 +52,12 @@ from moekit.layers._checks import check_choice, check_positive_int, count_values
 
 RouterKind = Literal["topk", "switch", "noisy_topk", "sigmoid_bias", "expert_choice"]
 ROUTERS: tuple[str, ...] = get_args(RouterKind)
+Select = Literal["scores", "logits"]
+GroupScore = Literal["top2_sum", "max"]
+Precision = Literal["float32", "logits"]
+WeightsPrecision = Literal["float32", "logits", "input"]
+#: Routers whose selection is a per-token top-k (the options of ``select``, ``expert_bias``, ...).
+TOKEN_CHOICE: frozenset[str] = frozenset({"topk", "switch", "sigmoid_bias"})
 
 
 @dataclass(frozen=True)
@@ -84,6 +100,20 @@ class RouterConfig:
         (None means 1.0). Token-choice capacity is a dispatch setting
         (:class:`moekit.layers.DispatchConfig`).
     noise_eps : ``noisy_topk``: floor added to the learned noise scale.
+    select : token choice: ``"scores"`` (top k of the scores) or ``"logits"`` (top k of the raw
+        logits; the weights are the score function of the k kept logits: softmax over them for
+        ``topk``, sigmoid for ``sigmoid_bias``).
+    expert_bias : a (E,) bias added to the scores for the choice only (not to the weights); None
+        means True for ``sigmoid_bias`` and False otherwise; allowed for ``topk`` too.
+    group_score : how ``n_group`` groups are scored: ``"top2_sum"`` (DeepSeek-V3, the default for
+        ``sigmoid_bias``) or ``"max"`` (DeepSeek-V2; ``topk`` needs it set to use groups).
+    normalize_eps, normalize_min, normalize_p : the renormalisation is
+        ``w / (max(norm_p(w), normalize_min) + normalize_eps)``; ``normalize_eps`` None means 1e-20
+        for ``sigmoid_bias`` and 0 otherwise.
+    score_precision : ``"float32"`` (scores in float32, or float64 for float64 logits) or
+        ``"logits"`` (in the dtype the logits come in, as DBRX and GPT-OSS do).
+    weights_precision : round the combine weights to ``"float32"`` (no rounding), the
+        ``"logits"`` dtype (Qwen-MoE, OLMoE) or the ``"input"`` dtype (Granite, Jamba).
     """
 
     kind: RouterKind = "topk"
@@ -97,9 +127,18 @@ class RouterConfig:
     bias_update_rate: float = 1e-3
     capacity_factor: float | None = None
     noise_eps: float = 1e-2
+    select: Select = "scores"
+    expert_bias: bool | None = None
+    group_score: GroupScore | None = None
+    normalize_eps: float | None = None
+    normalize_min: float = 0.0
+    normalize_p: float = 1.0
+    score_precision: Precision = "float32"
+    weights_precision: WeightsPrecision = "float32"
 
     def __post_init__(self) -> None:
         check_choice("router", self.kind, ROUTERS)
+        self._resolve_token_choice_options()
         check_positive_int("d_model", self.d_model)
         check_positive_int("num_experts", self.num_experts)
         check_positive_int("top_k", self.top_k)
@@ -127,14 +166,56 @@ class RouterConfig:
             raise ValueError(f"bias_update_rate={self.bias_update_rate} must be >= 0")
         self._check_groups()
 
+    def _resolve_token_choice_options(self) -> None:
+        """Fill the kind-dependent defaults and check the token-choice options."""
+        check_choice("select", self.select, get_args(Select))
+        check_choice("score_precision", self.score_precision, get_args(Precision))
+        check_choice("weights_precision", self.weights_precision, get_args(WeightsPrecision))
+        if self.expert_bias is None:
+            object.__setattr__(self, "expert_bias", self.kind == "sigmoid_bias")
+        if self.group_score is None:
+            object.__setattr__(self, "group_score", "top2_sum" if self.kind == "sigmoid_bias" else None)
+        else:
+            check_choice("group_score", self.group_score, get_args(GroupScore))
+        if self.normalize_eps is None:
+            object.__setattr__(self, "normalize_eps", 1e-20 if self.kind == "sigmoid_bias" else 0.0)
+        for name in ("normalize_eps", "normalize_min"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name}={value!r} must be a number >= 0")
+        if isinstance(self.normalize_p, bool) or not isinstance(self.normalize_p, (int, float)) \
+                or not self.normalize_p > 0:
+            raise ValueError(f"normalize_p={self.normalize_p!r} must be a number > 0 (1 is the sum)")
+        changed = [name for name, default in (("select", "scores"), ("score_precision", "float32"),
+                                              ("weights_precision", "float32"))
+                   if getattr(self, name) != default]
+        if self.routed_scaling_factor != 1.0:
+            changed.append("routed_scaling_factor")
+        if self.expert_bias:
+            changed.append("expert_bias")
+        if changed and self.kind not in TOKEN_CHOICE:
+            raise ValueError(
+                f"{', '.join(changed)} apply to the token-choice routers ('topk', 'switch', "
+                f"'sigmoid_bias'), got router={self.kind!r}; drop them or change the router")
+        if self.expert_bias and self.kind == "switch":
+            raise ValueError("expert_bias=True applies to router='topk' or 'sigmoid_bias', got "
+                             "router='switch'; use router='topk' with top_k=1")
+        if self.select == "logits" and self.expert_bias:
+            raise ValueError("select='logits' chooses on the raw logits, so a choice bias has "
+                             "nothing to bias: set expert_bias=False or select='scores'")
+
     def _check_groups(self) -> None:
         if self.n_group is None and self.topk_group is None:
             return
-        if self.kind != "sigmoid_bias":
+        if self.kind != "sigmoid_bias" and not (self.kind == "topk" and self.group_score is not None):
             raise ValueError(
-                f"n_group/topk_group apply to router='sigmoid_bias' only, got router={self.kind!r}; "
-                "drop n_group and topk_group or use router='sigmoid_bias'"
+                f"n_group/topk_group apply to router='sigmoid_bias' only, or to router='topk' "
+                f"with group_score='max' (DeepSeek-V2), got router={self.kind!r}; drop n_group "
+                "and topk_group, use router='sigmoid_bias', or set group_score"
             )
+        if self.select == "logits":
+            raise ValueError("n_group/topk_group need select='scores' (groups are scored on the "
+                             "scores); drop the groups or use select='scores'")
         if self.n_group is None or self.topk_group is None:
             raise ValueError(
                 f"n_group={self.n_group} and topk_group={self.topk_group} must be given together"
@@ -163,16 +244,49 @@ def expert_choice_capacity(num_tokens: int, num_experts: int, top_k: int,
     return min(num_tokens, math.ceil(factor * num_tokens * top_k / num_experts))
 
 
+@dataclass(frozen=True)
+class TensorRef:
+    """A tensor owned by another module, read at call time: ``ref.get()`` is ``owner.<path>``.
+
+    A router that *borrows* its choice bias (a transformers model's ``e_score_correction_bias``)
+    holds one: the tensor stays registered (and saved) where it is, ``module.to(...)`` moves it
+    there, and updates made through the router land in it. ``copy.deepcopy`` of a model copies
+    the reference along with the owner.
+    """
+
+    owner: nn.Module
+    path: str
+
+    def get(self) -> torch.Tensor:
+        obj: object = self.owner
+        for part in self.path.split("."):
+            obj = getattr(obj, part)
+        if not isinstance(obj, torch.Tensor):
+            raise TypeError(f"{type(self.owner).__name__}.{self.path} is a {type(obj).__name__}, "
+                            "not a tensor")
+        return obj
+
+
 class Router(nn.Module):
     """Linear router ``logits_TE = x_TD · W_ED^T`` followed by one of the selection rules above.
+
+    Parameters
+    ----------
+    config : the rule (:class:`RouterConfig`).
+    own_weight : False builds a router without ``weight``: its logits come from elsewhere and are
+        passed to :meth:`route_logits` (calling the router on inputs is then an error).
+    bias_from : a :class:`TensorRef` to a (E,) tensor (or any shape with E elements) to use as the
+        choice bias instead of an own ``expert_bias`` buffer; it is read at every call and moved
+        in place by :meth:`update_bias`.
 
     Attributes
     ----------
     weight : (E, D) parameter.
     noise_weight : (E, D) parameter (``noisy_topk`` only).
-    expert_bias : (E,) float32 buffer, saved in checkpoints (``sigmoid_bias`` only).
+    expert_bias : (E,) float32 buffer, saved in checkpoints (routers with
+        ``config.expert_bias``, unless ``bias_from`` is given).
     pending_counts : (E,) float32 buffer, not saved: slots per expert counted since the last
-        :meth:`update_bias` (``sigmoid_bias`` only).
+        :meth:`update_bias` (routers with ``config.expert_bias``).
     reduce_counts : None, or a function applied to the pending counts before the bias update
         (expert parallelism installs an all-reduce here so that every rank moves the same bias).
     """
@@ -180,43 +294,137 @@ class Router(nn.Module):
     expert_bias: torch.Tensor
     pending_counts: torch.Tensor
 
-    def __init__(self, config: RouterConfig) -> None:
+    def __init__(self, config: RouterConfig, *, own_weight: bool = True,
+                 bias_from: TensorRef | None = None) -> None:
         super().__init__()
+        if not isinstance(config, RouterConfig):
+            raise TypeError(f"config is a {type(config).__name__}; pass a moekit RouterConfig")
         self.config = config
         E, D = config.num_experts, config.d_model
-        self.weight = nn.Parameter(torch.empty(E, D))
-        nn.init.normal_(self.weight, std=D**-0.5)
+        self.own_weight = bool(own_weight)
+        if self.own_weight:
+            self.weight = nn.Parameter(torch.empty(E, D))
+            nn.init.normal_(self.weight, std=D**-0.5)
         if config.kind == "noisy_topk":
+            if not self.own_weight:
+                raise ValueError("router='noisy_topk' computes its noise from the input; it needs "
+                                 "own_weight=True")
             self.noise_weight = nn.Parameter(torch.zeros(E, D))  # zero init, as in Shazeer et al.
-        if config.kind == "sigmoid_bias":
-            self.register_buffer("expert_bias", torch.zeros(E, dtype=torch.float32))
+        if bias_from is not None and not config.expert_bias:
+            raise ValueError(f"bias_from is given but the router config has expert_bias=False "
+                             f"(router={config.kind!r}); set RouterConfig(expert_bias=True)")
+        self.bias_from = bias_from
+        if config.expert_bias:
+            if bias_from is None:
+                self.register_buffer("expert_bias", torch.zeros(E, dtype=torch.float32))
             self.register_buffer("pending_counts", torch.zeros(E, dtype=torch.float32),
                                  persistent=False)
         self.reduce_counts: Callable[[torch.Tensor], torch.Tensor] | None = None
 
+    def bias(self) -> torch.Tensor | None:
+        """The (E,) choice bias in use (own buffer or borrowed tensor), or None without one."""
+        if not self.config.expert_bias:
+            return None
+        if self.bias_from is not None:
+            return self.bias_from.get().view(-1)
+        return self.expert_bias
+
     def forward(self, x_TD: torch.Tensor) -> Routing:
+        if not self.own_weight:
+            raise TypeError("this Router has no weight (own_weight=False): compute the logits "
+                            "elsewhere and call router.route_logits(logits_TE)")
         # float32 even under torch.autocast, which would otherwise run the linear in bf16/fp16
         with torch.autocast(device_type=x_TD.device.type, enabled=False):
-            return self._route(x_TD)
+            dt = router_dtype(x_TD.dtype)
+            logits_TE = F.linear(x_TD.to(dt), self.weight.to(dt))
+            if self.config.kind == "noisy_topk":
+                return self._noisy_topk(x_TD, logits_TE)
+            return self.route_logits(logits_TE)
 
-    def _route(self, x_TD: torch.Tensor) -> Routing:
+    def route_logits(self, logits_TE: torch.Tensor, *,
+                     input_dtype: torch.dtype | None = None) -> Routing:
+        """Apply the selection rule to (T, E) logits computed elsewhere.
+
+        The logits keep their dtype where ``score_precision="logits"`` asks for it; otherwise the
+        maths runs in float32 (float64 for float64 logits). ``input_dtype`` is the dtype the
+        ``weights_precision="input"`` option rounds to (default: the logits' dtype).
+        """
+        kind = self.config.kind
+        if kind == "noisy_topk":
+            raise ValueError("router='noisy_topk' needs the input for its noise; call the router "
+                             "on the input instead of route_logits")
+        with torch.autocast(device_type=logits_TE.device.type, enabled=False):
+            if kind == "expert_choice":
+                return self._expert_choice(logits_TE.to(router_dtype(logits_TE.dtype)))
+            return self._token_choice(logits_TE, input_dtype or logits_TE.dtype)
+
+    def _token_choice(self, logits_TE: torch.Tensor, input_dtype: torch.dtype) -> Routing:
+        """``topk``, ``switch`` and ``sigmoid_bias``: one code path, the options as data."""
         cfg = self.config
-        dt = router_dtype(x_TD.dtype)
-        logits_TE = F.linear(x_TD.to(dt), self.weight.to(dt))
-        if cfg.kind in ("topk", "switch"):
-            return self._softmax_topk(logits_TE)
-        if cfg.kind == "noisy_topk":
-            return self._noisy_topk(x_TD, logits_TE)
-        if cfg.kind == "sigmoid_bias":
-            return self._sigmoid_bias(logits_TE)
-        return self._expert_choice(logits_TE)
+        acc = router_dtype(logits_TE.dtype)
+        work_TE = logits_TE if cfg.score_precision == "logits" else logits_TE.to(acc)
+        sigmoid = cfg.kind == "sigmoid_bias"
 
-    def _softmax_topk(self, logits_TE: torch.Tensor) -> Routing:
-        probs_TE = logits_TE.softmax(dim=-1)
-        weights_TK, indices_TK = probs_TE.topk(self.config.top_k, dim=-1)
-        if self.config.kind == "topk" and self.config.normalize:
-            weights_TK = weights_TK / weights_TK.sum(dim=-1, keepdim=True)
-        return Routing(indices_TK, weights_TK, logits_TE, probs_TE)
+        def score(t: torch.Tensor) -> torch.Tensor:
+            return t.sigmoid() if sigmoid else t.softmax(dim=-1)
+
+        scores_TE = score(work_TE)
+        if cfg.select == "logits":
+            top_TK, indices_TK = work_TE.topk(cfg.top_k, dim=-1)
+            weights_TK = score(top_TK)
+        else:
+            choice_TE = scores_TE
+            bias_E = self.bias()
+            if bias_E is not None:
+                choice_TE = scores_TE + bias_E.to(scores_TE.dtype)
+            if cfg.n_group is not None and cfg.topk_group is not None and cfg.n_group > 1:
+                choice_TE = self._limit_groups(choice_TE)
+            if choice_TE is scores_TE:  # plain top-k: the sorted values are the weights
+                weights_TK, indices_TK = scores_TE.topk(cfg.top_k, dim=-1)
+            else:
+                indices_TK = choice_TE.topk(cfg.top_k, dim=-1, sorted=False)[1]
+                weights_TK = scores_TE.gather(1, indices_TK)
+        if cfg.normalize and cfg.kind != "switch":
+            weights_TK = weights_TK / self._norm(weights_TK)
+        if cfg.routed_scaling_factor != 1.0:
+            weights_TK = weights_TK * cfg.routed_scaling_factor
+        if cfg.weights_precision != "float32":
+            rounded = logits_TE.dtype if cfg.weights_precision == "logits" else input_dtype
+            weights_TK = weights_TK.to(rounded)
+        weights_TK = weights_TK.to(acc)
+        if (cfg.expert_bias and self.training and cfg.bias_update_rate > 0
+                and torch.is_grad_enabled()):
+            weights_TK = self._count_slots(indices_TK, weights_TK, logits_TE)
+        return Routing(indices_TK, weights_TK, logits_TE.to(acc), scores_TE.to(acc))
+
+    def _limit_groups(self, choice_TE: torch.Tensor) -> torch.Tensor:
+        """Keep the best ``topk_group`` of ``n_group`` expert groups; mask the rest to -inf."""
+        cfg = self.config
+        T, E = choice_TE.shape
+        G = int(cfg.n_group or 1)
+        per_group = E // G
+        grouped_TGX = choice_TE.view(T, G, per_group)
+        if cfg.group_score == "max":
+            group_scores_TG = grouped_TGX.max(dim=-1).values
+        else:
+            group_scores_TG = grouped_TGX.topk(min(2, per_group), dim=-1)[0].sum(dim=-1)
+        group_idx = group_scores_TG.topk(int(cfg.topk_group or 1), dim=-1, sorted=False)[1]
+        group_mask_TG = torch.zeros_like(group_scores_TG).scatter_(1, group_idx, 1.0)
+        score_mask_TE = group_mask_TG.unsqueeze(-1).expand(T, G, per_group).reshape(T, E)
+        return choice_TE.masked_fill(score_mask_TE == 0, float("-inf"))
+
+    def _norm(self, weights_TK: torch.Tensor) -> torch.Tensor:
+        """The renormalisation denominator ``max(norm_p(w), normalize_min) + normalize_eps``."""
+        cfg = self.config
+        if cfg.normalize_p == 1.0:
+            denom = weights_TK.sum(dim=-1, keepdim=True)
+        else:
+            denom = torch.linalg.vector_norm(weights_TK, ord=cfg.normalize_p, dim=-1, keepdim=True)
+        if cfg.normalize_min:
+            denom = denom.clamp_min(cfg.normalize_min)
+        if cfg.normalize_eps:
+            denom = denom + cfg.normalize_eps
+        return denom
 
     def _noisy_topk(self, x_TD: torch.Tensor, logits_TE: torch.Tensor) -> Routing:
         k, E = self.config.top_k, self.config.num_experts
@@ -242,28 +450,6 @@ class Router(nn.Module):
             load_E = torch.full((E,), float(logits_TE.shape[0]), device=logits_TE.device)
         return Routing(indices_TK, weights_TK, logits_TE, probs_TE, load_E=load_E)
 
-    def _sigmoid_bias(self, logits_TE: torch.Tensor) -> Routing:
-        cfg = self.config
-        scores_TE = logits_TE.sigmoid()
-        choice_TE = scores_TE + self.expert_bias.to(scores_TE.dtype)
-        if cfg.n_group is not None and cfg.topk_group is not None and cfg.n_group > 1:
-            T, E = choice_TE.shape
-            per_group = E // cfg.n_group
-            group_scores_TG = choice_TE.view(T, cfg.n_group, per_group).topk(
-                min(2, per_group), dim=-1)[0].sum(dim=-1)
-            group_idx = group_scores_TG.topk(cfg.topk_group, dim=-1, sorted=False)[1]
-            group_mask_TG = torch.zeros_like(group_scores_TG).scatter_(1, group_idx, 1.0)
-            score_mask_TE = group_mask_TG.unsqueeze(-1).expand(T, cfg.n_group, per_group).reshape(T, E)
-            choice_TE = choice_TE.masked_fill(score_mask_TE == 0, float("-inf"))
-        indices_TK = choice_TE.topk(cfg.top_k, dim=-1, sorted=False)[1]
-        weights_TK = scores_TE.gather(1, indices_TK)
-        if cfg.normalize:
-            weights_TK = weights_TK / (weights_TK.sum(dim=-1, keepdim=True) + 1e-20)
-        weights_TK = weights_TK * cfg.routed_scaling_factor
-        if self.training and cfg.bias_update_rate > 0 and torch.is_grad_enabled():
-            weights_TK = self._count_slots(indices_TK, weights_TK, logits_TE)
-        return Routing(indices_TK, weights_TK, logits_TE, scores_TE)
-
     def _count_slots(self, indices_TK: torch.Tensor, weights_TK: torch.Tensor,
                      logits_TE: torch.Tensor) -> torch.Tensor:
         """Add this batch's slots per expert to ``pending_counts`` (see the module docstring).
@@ -284,15 +470,19 @@ class Router(nn.Module):
         """DeepSeek-V3's aux-loss-free step ``b_e += rate * sign(mean load - load_e)``.
 
         The load is ``pending_counts`` (passed through ``reduce_counts`` when set), which is then
-        zeroed. No counts since the last call means no change. Only for ``sigmoid_bias``.
+        zeroed. No counts since the last call means no change. Only for routers with a choice
+        bias (``sigmoid_bias``, or ``expert_bias=True``); a borrowed bias is moved in place.
         """
-        if self.config.kind != "sigmoid_bias":
-            raise ValueError(f"update_bias applies to router='sigmoid_bias', this router is "
-                             f"{self.config.kind!r}")
+        bias_E = self.bias()
+        if bias_E is None:
+            raise ValueError(f"update_bias applies to routers with a choice bias "
+                             f"(router='sigmoid_bias' or expert_bias=True), this router is "
+                             f"{self.config.kind!r} without one")
         load_E = self.pending_counts.clone()
         if self.reduce_counts is not None:
             load_E = self.reduce_counts(load_E)
-        self.expert_bias.add_(self.config.bias_update_rate * torch.sign(load_E.mean() - load_E))
+        step_E = self.config.bias_update_rate * torch.sign(load_E.mean() - load_E)
+        bias_E.add_(step_E.to(device=bias_E.device, dtype=bias_E.dtype))
         self.pending_counts.zero_()
 
     def _expert_choice(self, logits_TE: torch.Tensor) -> Routing:
@@ -306,6 +496,12 @@ class Router(nn.Module):
             token_idx_EC = probs_TE.t().topk(C, dim=-1)[1]
             keep_TK = keep_TK.t().scatter(1, token_idx_EC, True).t()
         return Routing(indices_TK, probs_TE, logits_TE, probs_TE, keep_TK=keep_TK)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        extra = "" if self.own_weight else ", own_weight=False"
+        return (f"kind={c.kind!r}, d_model={c.d_model}, num_experts={c.num_experts}, "
+                f"top_k={c.top_k}{extra}")
 
     def token_distribution(self, routing: Routing) -> torch.Tensor:
         """(T, E) distribution over experts per token (``sigmoid_bias``: the normalised scores)."""
@@ -354,7 +550,7 @@ class _CountOnBackward(torch.autograd.Function):
 def update_router_biases(model: nn.Module,
                          reduce_counts: Callable[[torch.Tensor], torch.Tensor] | None = None,
                          ) -> int:
-    """Apply the aux-loss-free bias step of every ``sigmoid_bias`` router in ``model``.
+    """Apply the aux-loss-free bias step of every router with a choice bias in ``model``.
 
     Call it once per optimizer step, after ``optimizer.step()`` (``moekit train`` does; so does
     :func:`register_router_bias_update`). Each router's counts since the last call are summed over
@@ -384,7 +580,7 @@ def update_router_biases(model: nn.Module,
     """
     updated = 0
     for module in model.modules():
-        if isinstance(module, Router) and module.config.kind == "sigmoid_bias":
+        if isinstance(module, Router) and module.config.expert_bias:
             own = module.reduce_counts
             if reduce_counts is not None:
                 module.reduce_counts = reduce_counts
@@ -406,7 +602,3 @@ def register_router_bias_update(optimizer: torch.optim.Optimizer, model: nn.Modu
         update_router_biases(model)
 
     return optimizer.register_step_post_hook(hook)
-
-    def extra_repr(self) -> str:
-        c = self.config
-        return f"kind={c.kind!r}, d_model={c.d_model}, num_experts={c.num_experts}, top_k={c.top_k}"
