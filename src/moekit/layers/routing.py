@@ -54,6 +54,7 @@ RouterKind = Literal["topk", "switch", "noisy_topk", "sigmoid_bias", "expert_cho
 ROUTERS: tuple[str, ...] = get_args(RouterKind)
 Select = Literal["scores", "logits"]
 GroupScore = Literal["top2_sum", "max"]
+GroupFill = Literal["-inf", "zero"]
 Precision = Literal["float32", "logits"]
 WeightsPrecision = Literal["float32", "logits", "input"]
 #: Routers whose selection is a per-token top-k (the options of ``select``, ``expert_bias``, ...).
@@ -103,10 +104,13 @@ class RouterConfig:
     select : token choice: ``"scores"`` (top k of the scores) or ``"logits"`` (top k of the raw
         logits; the weights are the score function of the k kept logits: softmax over them for
         ``topk``, sigmoid for ``sigmoid_bias``).
-    expert_bias : a (E,) bias added to the scores for the choice only (not to the weights); None
-        means True for ``sigmoid_bias`` and False otherwise; allowed for ``topk`` too.
+    expert_bias : a (E,) bias added to the scores (to the logits with ``select="logits"``) for the
+        choice only, not to the weights; None means True for ``sigmoid_bias`` and False
+        otherwise; allowed for ``topk`` too.
     group_score : how ``n_group`` groups are scored: ``"top2_sum"`` (DeepSeek-V3, the default for
         ``sigmoid_bias``) or ``"max"`` (DeepSeek-V2; ``topk`` needs it set to use groups).
+    group_fill : what the experts of dropped groups score for the choice: ``"-inf"`` (never
+        chosen) or ``"zero"`` (DeepSeek-V2, Mistral 4; differs only when kept scores go negative).
     normalize_eps, normalize_min, normalize_p : the renormalisation is
         ``w / (max(norm_p(w), normalize_min) + normalize_eps)``; ``normalize_eps`` None means 1e-20
         for ``sigmoid_bias`` and 0 otherwise.
@@ -130,6 +134,7 @@ class RouterConfig:
     select: Select = "scores"
     expert_bias: bool | None = None
     group_score: GroupScore | None = None
+    group_fill: GroupFill = "-inf"
     normalize_eps: float | None = None
     normalize_min: float = 0.0
     normalize_p: float = 1.0
@@ -169,6 +174,7 @@ class RouterConfig:
     def _resolve_token_choice_options(self) -> None:
         """Fill the kind-dependent defaults and check the token-choice options."""
         check_choice("select", self.select, get_args(Select))
+        check_choice("group_fill", self.group_fill, get_args(GroupFill))
         check_choice("score_precision", self.score_precision, get_args(Precision))
         check_choice("weights_precision", self.weights_precision, get_args(WeightsPrecision))
         if self.expert_bias is None:
@@ -200,9 +206,6 @@ class RouterConfig:
         if self.expert_bias and self.kind == "switch":
             raise ValueError("expert_bias=True applies to router='topk' or 'sigmoid_bias', got "
                              "router='switch'; use router='topk' with top_k=1")
-        if self.select == "logits" and self.expert_bias:
-            raise ValueError("select='logits' chooses on the raw logits, so a choice bias has "
-                             "nothing to bias: set expert_bias=False or select='scores'")
 
     def _check_groups(self) -> None:
         if self.n_group is None and self.topk_group is None:
@@ -369,12 +372,16 @@ class Router(nn.Module):
             return t.sigmoid() if sigmoid else t.softmax(dim=-1)
 
         scores_TE = score(work_TE)
+        bias_E = self.bias()
         if cfg.select == "logits":
-            top_TK, indices_TK = work_TE.topk(cfg.top_k, dim=-1)
+            if bias_E is None:
+                top_TK, indices_TK = work_TE.topk(cfg.top_k, dim=-1)
+            else:
+                indices_TK = (work_TE + bias_E.to(work_TE.dtype)).topk(cfg.top_k, dim=-1)[1]
+                top_TK = work_TE.gather(1, indices_TK)
             weights_TK = score(top_TK)
         else:
             choice_TE = scores_TE
-            bias_E = self.bias()
             if bias_E is not None:
                 choice_TE = scores_TE + bias_E.to(scores_TE.dtype)
             if cfg.n_group is not None and cfg.topk_group is not None and cfg.n_group > 1:
@@ -384,7 +391,8 @@ class Router(nn.Module):
             else:
                 indices_TK = choice_TE.topk(cfg.top_k, dim=-1, sorted=False)[1]
                 weights_TK = scores_TE.gather(1, indices_TK)
-        if cfg.normalize and cfg.kind != "switch":
+        # (a softmax over the k kept logits sums to 1 already: no second renormalisation)
+        if cfg.normalize and cfg.kind != "switch" and not (cfg.select == "logits" and not sigmoid):
             weights_TK = weights_TK / self._norm(weights_TK)
         if cfg.routed_scaling_factor != 1.0:
             weights_TK = weights_TK * cfg.routed_scaling_factor
@@ -411,7 +419,8 @@ class Router(nn.Module):
         group_idx = group_scores_TG.topk(int(cfg.topk_group or 1), dim=-1, sorted=False)[1]
         group_mask_TG = torch.zeros_like(group_scores_TG).scatter_(1, group_idx, 1.0)
         score_mask_TE = group_mask_TG.unsqueeze(-1).expand(T, G, per_group).reshape(T, E)
-        return choice_TE.masked_fill(score_mask_TE == 0, float("-inf"))
+        fill = float("-inf") if cfg.group_fill == "-inf" else 0.0
+        return choice_TE.masked_fill(score_mask_TE == 0, fill)
 
     def _norm(self, weights_TK: torch.Tensor) -> torch.Tensor:
         """The renormalisation denominator ``max(norm_p(w), normalize_min) + normalize_eps``."""

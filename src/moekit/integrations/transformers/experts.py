@@ -49,7 +49,7 @@ _PLAIN_ACTIVATIONS: dict[str, str] = {
     "ReLU": "relu",
     "ReLUSquaredActivation": "relu2",
 }
-_GATED_OF: dict[str, str] = {"silu": "swiglu", "gelu": "geglu", "gelu_tanh": "geglu_tanh"}
+GATED_OF: dict[str, str] = {"silu": "swiglu", "gelu": "geglu", "gelu_tanh": "geglu_tanh"}
 
 
 def plain_activation(act_fn: object) -> str | None:
@@ -165,7 +165,7 @@ def plan_experts(module: nn.Module) -> ExpertsPlan:
         elif not _is_default_gate(gate_fn):
             base = None
             reason = f"{getattr(gate_fn, '__qualname__', gate_fn)} has no moekit data form"
-        name = _GATED_OF.get(base or "")
+        name = GATED_OF.get(base or "")
         if name is None:
             override = module._apply_gate  # type: ignore[assignment]
             reason = reason or f"activation {type(act_fn).__name__} has no moekit data form"
