@@ -139,7 +139,12 @@ def _backward(ctx, grad_RF: torch.Tensor):  # type: ignore[no-untyped-def]
     if ctx.needs_input_grad[0]:
         grad_x = grouped_mm(grad_RF, w_EDF.transpose(-1, -2), offsets_E, ctx.full)
     if ctx.needs_input_grad[1]:
-        grad_w = grouped_mm_weight_grad(x_RD, grad_RF, offsets_E)
+        if not w_EDF.is_contiguous() and w_EDF.transpose(-1, -2).is_contiguous():
+            # w is a transposed view of (E, F, D) storage (transformers' layout): build the
+            # gradient in that storage's order, so accumulating it into .grad is not a strided copy
+            grad_w = grouped_mm_weight_grad(grad_RF, x_RD, offsets_E).transpose(-1, -2)
+        else:
+            grad_w = grouped_mm_weight_grad(x_RD, grad_RF, offsets_E)
     return grad_x, grad_w, None, None
 
 

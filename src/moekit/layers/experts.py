@@ -158,7 +158,8 @@ class GroupedExperts(_InputProjection, nn.Module):
         """Experts that compute on ``source``'s tensors where they are, in their layout.
 
         The parameters named by ``layout`` are registered on the new module under the same names
-        (the same ``nn.Parameter`` objects: no copy, same ``data_ptr``, same ``state_dict`` keys);
+        (the same ``nn.Parameter`` objects: no copy, same ``data_ptr``, same ``state_dict`` keys,
+        in ``source``'s order);
         a dotted name brings its child module along (``"mlp.w1"`` registers ``source.mlp``).
 
         Parameters
@@ -226,7 +227,8 @@ class GroupedExperts(_InputProjection, nn.Module):
         experts = cls.__new__(cls)
         nn.Module.__init__(experts)
         experts._setup(D, F_, E, activation, kernel, glu, layout)
-        for name, param in tensors.items():
+        order = {name: i for i, (name, _) in enumerate(source.named_parameters())}
+        for name, param in sorted(tensors.items(), key=lambda kv: order.get(kv[0], len(order))):
             head, _, leaf = name.partition(".")
             if leaf:
                 if head not in experts._modules:

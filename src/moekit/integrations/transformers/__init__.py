@@ -30,7 +30,7 @@ from moekit.integrations.transformers.convert import (
     to_transformers,
 )
 from moekit.integrations.transformers.layer import TransformersMoE
-from moekit.integrations.transformers.patch import PatchReport, patch, unpatch
+from moekit.integrations.transformers.patching import PatchReport, patch, unpatch
 from moekit.integrations.transformers.registry import register
 from moekit.integrations.transformers.report import RoutingReport, routing_report
 

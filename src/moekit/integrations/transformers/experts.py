@@ -177,7 +177,7 @@ def plan_experts(module: nn.Module) -> ExpertsPlan:
             reason = f"activation {type(act_fn).__name__} has no moekit data form"
             name = "relu"  # unused: the override computes the unit
     activation = ExpertActivation(name, options, gate_up, override)  # type: ignore[arg-type]
-    return ExpertsPlan(layout, activation, int(getattr(module, "num_experts")),
+    return ExpertsPlan(layout, activation, int(_attr(module, "num_experts")),
                        bool(flags["has_post_expert_norm"]), reason)
 
 
@@ -208,7 +208,7 @@ def experts_forward(module: nn.Module, hidden_states: torch.Tensor, top_k_index:
     y_RD = grouped_ffn(weights, plan.activation, x_RD, tokens_per_expert_E, kernel=kernel,
                        full=meta.full)
     if plan.post_norm:
-        y_RD = module.post_expert_norm(y_RD)
+        y_RD = module.get_submodule("post_expert_norm")(y_RD)
     return dispatcher.combine(y_RD, meta)
 
 

@@ -84,7 +84,7 @@ class TransformersMoE(MoELayer):
             self.add_module(name, experts if name == spec.experts else child)
         for name, param in block.named_parameters(recurse=False):
             self.register_parameter(name, param)
-        persistent_off = getattr(block, "_non_persistent_buffers_set", set())
+        persistent_off: set[str] = getattr(block, "_non_persistent_buffers_set", set())
         for name, buf in block.named_buffers(recurse=False):
             self.register_buffer(name, buf, persistent=name not in persistent_off)
         bias = resolve(spec.bias, block) if spec.bias is not None else None

@@ -157,10 +157,11 @@ def build_layer(block: nn.Module, spec: BlockSpec, *, backend: Backend | None = 
         if act_fn is None:
             act_fn = getattr(getattr(experts_module, "mlp", None), "activation_fn", None)
         base = spec.activation or plain_activation(act_fn)
-        activation = GATED_OF.get(base or "")  # explicit layouts are gated
-        if activation is None:
+        gated = GATED_OF.get(base or "")  # explicit layouts are gated
+        if gated is None:
             raise _Refused(f"its experts' activation {type(act_fn).__name__} has no moekit form")
-        E = int(getattr(experts_module, "num_experts"))
+        activation = gated
+        E = int(getattr(experts_module, "num_experts"))  # noqa: B009 - a module attribute
     try:
         experts = GroupedExperts.adopt(experts_module, layout, activation=activation,  # type: ignore[arg-type]
                                        glu=glu, num_experts=E)
