@@ -187,7 +187,8 @@ def test_a_block_that_differs_on_the_probe_is_left_unpatched(monkeypatch: Any) -
     spec = patch_module._SPECS[("qwen3_moe", "Qwen3MoeSparseMoeBlock")]
     wrong = dataclasses.replace(spec, router={**spec.router, "normalize": not False,
                                               "weights_precision": "float32"})
-    monkeypatch.setitem(patch_module._SPECS, ("qwen3_moe", "Qwen3MoeSparseMoeBlock"), wrong)
+    monkeypatch.setattr(patch_module, "_SPECS", {**patch_module._SPECS,
+                                                 ("qwen3_moe", "Qwen3MoeSparseMoeBlock"): wrong})
     model = tiny_model("qwen3_moe")  # norm_topk_prob=False: the wrong spec renormalises
     assert model.config.norm_topk_prob is False
     report = mt.patch(model)

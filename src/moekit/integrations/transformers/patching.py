@@ -13,8 +13,9 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -40,13 +41,11 @@ from moekit.layers.config import (
 from moekit.layers.experts import GroupedExperts
 from moekit.layers.routing import RouterConfig
 
-_SPECS: dict[tuple[str, str], BlockSpec] = {}
-for _spec in SPECS:
-    for _name in _spec.blocks:
-        _SPECS[(_spec.family, _name)] = _spec
-_UNSUPPORTED: dict[tuple[str, str], str] = {
-    (u.family, name): u.reason for u in UNSUPPORTED for name in u.blocks}
-del _spec, _name
+#: (family, block class name) -> its spec, and -> why it is not patched (read-only tables).
+_SPECS: Mapping[tuple[str, str], BlockSpec] = MappingProxyType(
+    {(spec.family, name): spec for spec in SPECS for name in spec.blocks})
+_UNSUPPORTED: Mapping[tuple[str, str], str] = MappingProxyType(
+    {(u.family, name): u.reason for u in UNSUPPORTED for name in u.blocks})
 
 
 @dataclass(frozen=True)
