@@ -4,7 +4,8 @@ For small random models of three families (Mixtral: 8 wide experts; Qwen3-MoE: 3
 experts, top-4; GPT-OSS: biased, interleaved, transposed experts with a clamped SwiGLU), the same
 weights and the same batch run as:
 
-- ``hf eager``, ``hf batched_mm``, ``hf grouped_mm``: transformers' experts implementations;
+- ``hf eager``, ``hf grouped_mm`` (and with ``--rows``, ``hf batched_mm``): transformers' experts
+  implementations;
 - ``moekit``: ``experts_implementation="moekit"`` (moekit's dispatch and grouped experts,
   transformers' routers);
 - ``moekit patched``: ``moekit.integrations.transformers.patch(model)`` (moekit layers sharing
@@ -44,6 +45,7 @@ import torch
 warnings.filterwarnings("ignore")
 
 ROWS = ("hf eager", "hf batched_mm", "hf grouped_mm", "moekit", "moekit patched")
+DEFAULT_ROWS = ("hf eager", "hf grouped_mm", "moekit", "moekit patched")
 FAMILIES = ("mixtral", "qwen3_moe", "gpt_oss")
 
 
@@ -52,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device (default: cpu)")
     p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES,
                    help="model families to run (default: all three)")
+    p.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), choices=ROWS,
+                   help="rows to run (default: all but 'hf batched_mm', which gathers a copy of "
+                        "the expert weights for every token-slot: GBs at these sizes)")
     p.add_argument("--batch", type=int, default=None, help="sequences per batch (default: 4 CPU, 8 CUDA)")
     p.add_argument("--seq", type=int, default=None, help="tokens per sequence (default: 128 CPU, 1024 CUDA)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per row (median; default: 5)")
@@ -212,7 +217,7 @@ def run_family(family: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     tokens = ids.numel()
     ref_logits = None
     results = []
-    for row in ROWS:
+    for row in args.rows:
         model = build(family, device, dtype, args.quick)
         try:
             prepare(model, row)

@@ -15,11 +15,16 @@ CASES = {
     "finetune_transformers.py": (["--steps", "3", "--batch", "4", "--seq", "32"],
                                  ["patched 2 block(s)", "routing after fine-tuning",
                                   "reloaded in plain transformers"]),
+    "showcases/health.py": (["--seeds", "2", "--n-init", "1"],
+                            ["held-out log-likelihood per patient", "what the gate learned",
+                             "std err"]),
+    "showcases/finance.py": (["--seeds", "1", "--n-init", "1", "--max-experts", "2"],
+                             ["GARCH-t", "P(turbulent)", "2008"]),
 }
 
 
 def test_every_example_is_covered():
-    assert {p.name for p in EXAMPLES.glob("*.py")} == set(CASES)
+    assert {p.relative_to(EXAMPLES).as_posix() for p in EXAMPLES.rglob("*.py")} == set(CASES)
 
 
 @pytest.mark.slow

@@ -173,6 +173,22 @@ def test_routing_report_table_and_plot(tmp_path: Any) -> None:
     assert path.exists() and path.stat().st_size > 1000
 
 
+def test_patched_models_deep_copy_and_pickle(tmp_path: Any) -> None:
+    model = tiny_model("deepseek_v3")
+    mt.patch(model)
+    twin = copy.deepcopy(model)
+    gate = twin.model.layers[0].mlp.gate
+    assert twin.model.layers[0].mlp.moekit_router.bias_from.owner is twin.model.layers[0].mlp
+    torch.save(model, tmp_path / "m.pt")
+    loaded = torch.load(tmp_path / "m.pt", weights_only=False)
+    ids = ids_for(2)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
+        torch.testing.assert_close(twin(input_ids=ids).logits, model(input_ids=ids).logits)
+    assert gate.e_score_correction_bias.data_ptr() != \
+        model.model.layers[0].mlp.gate.e_score_correction_bias.data_ptr()
+
+
 def test_patch_is_idempotent_and_unpatch_of_an_unpatched_model_is_a_no_op() -> None:
     model = tiny_model("qwen3_moe")
     assert mt.patch(model).patched == {"Qwen3MoeSparseMoeBlock": 2}
@@ -185,8 +201,8 @@ def test_a_block_that_differs_on_the_probe_is_left_unpatched(monkeypatch: Any) -
     import dataclasses
 
     spec = patch_module._SPECS[("qwen3_moe", "Qwen3MoeSparseMoeBlock")]
-    wrong = dataclasses.replace(spec, router={**spec.router, "normalize": not False,
-                                              "weights_precision": "float32"})
+    fields = {**dict(spec.router), "normalize": True, "weights_precision": "float32"}
+    wrong = dataclasses.replace(spec, router=tuple(fields.items()))
     monkeypatch.setattr(patch_module, "_SPECS", {**patch_module._SPECS,
                                                  ("qwen3_moe", "Qwen3MoeSparseMoeBlock"): wrong})
     model = tiny_model("qwen3_moe")  # norm_topk_prob=False: the wrong spec renormalises

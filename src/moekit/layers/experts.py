@@ -237,6 +237,46 @@ class GroupedExperts(_InputProjection, nn.Module):
                 experts.register_parameter(name, param)
         return experts
 
+    def expert_slice(self, start: int, stop: int) -> GroupedExperts:
+        """Experts ``[start, stop)`` as a new module holding copies of their slices.
+
+        Same class, layout, parameter names (and child modules of dotted names), activation,
+        gated unit, kernel and ``requires_grad``: what sharding experts over processes needs.
+        """
+        E = self.num_experts
+        if not 0 <= start < stop <= E:
+            raise ValueError(f"expert_slice({start}, {stop}) must satisfy 0 <= start < stop <= "
+                             f"num_experts={E}")
+
+        def piece(param: nn.Parameter) -> nn.Parameter:
+            t = param.detach()
+            part = (t[start:stop] if t.dim() != 2 or t.shape[0] == E
+                    else t.view(E, -1, t.shape[-1])[start:stop].reshape(-1, t.shape[-1]))
+            return nn.Parameter(part.clone(), requires_grad=param.requires_grad)
+
+        if self.layout is MOEKIT_LAYOUT:
+            with torch.device("meta"):  # no throw-away initialisation: the slices replace all
+                local = GroupedExperts(self.d_model, self.d_ff, stop - start, self.activation,  # type: ignore[arg-type]
+                                       bias=self.b_in is not None, kernel=self.kernel, glu=self.glu)
+            for name, param in self.named_parameters(recurse=False):
+                setattr(local, name, piece(param))
+        else:
+            holder = nn.Module()
+            wanted = set(self.layout.names)
+            for name in [n for n, _ in self.named_parameters() if n in wanted]:  # same order
+                *path, leaf = name.split(".")
+                owner = holder
+                for part in path:
+                    if part not in owner._modules:
+                        owner.add_module(part, nn.Module())
+                    owner = owner.get_submodule(part)
+                owner.register_parameter(leaf, piece(self.get_parameter(name)))
+            local = GroupedExperts.adopt(holder, self.layout, activation=self.activation,  # type: ignore[arg-type]
+                                         glu=self.glu, kernel=self.kernel,
+                                         num_experts=stop - start)
+        local.train(self.training)
+        return local
+
     def __getattr__(self, name: str) -> torch.Tensor | nn.Module:
         # moekit-orientation views (w_in, w_down, b_in, b_down) of an adopted layout
         if name in _VIEWS:
@@ -254,6 +294,11 @@ class GroupedExperts(_InputProjection, nn.Module):
     def weights(self) -> ExpertWeights:
         """The weights as views in moekit's orientation (:class:`ExpertWeights`); no copies."""
         return read_weights(self, self.layout, self.num_experts, self.gated)
+
+    @property
+    def native(self) -> bool:
+        """True for moekit's own layout and a plain gated unit: what fused kernels may assume."""
+        return self.layout == MOEKIT_LAYOUT and self.glu.plain
 
     @property
     def unit(self) -> ExpertActivation:

@@ -7,6 +7,11 @@ keeps ``moe.aux_loss`` (a float32 scalar, already weighted; part of the autograd
 training) and ``moe.stats`` (:class:`RoutingStats`, detached). ``total_aux_loss(model)`` sums the
 aux losses of every MoE layer in a model.
 
+Two plain attributes let parallelism be applied from outside without this file knowing about it:
+``moe.dispatcher`` (any :class:`~moekit.layers.dispatch.Dispatcher`) and ``moe.reduce_sums``
+(None, or a :data:`~moekit.layers.losses.SumReducer` that makes the aux losses those of the whole
+batch across processes; :mod:`moekit.parallel` installs an all-reduce).
+
 Non-finite input: a token whose features contain NaN or Inf gets a non-finite output row; the
 other tokens' outputs are unaffected (expert matmuls are row-wise), and a ``sigmoid_bias`` router
 leaves its bias untouched for that batch. Check ``torch.isfinite`` upstream if you need to skip
@@ -31,7 +36,7 @@ from moekit.layers.config import (
 )
 from moekit.layers.dispatch import Dispatcher, capacity, capacity_keep, make_dispatcher
 from moekit.layers.experts import Activation, FeedForward, GroupedExperts, ModuleExperts
-from moekit.layers.losses import router_z_loss
+from moekit.layers.losses import SumReducer, router_z_loss
 from moekit.layers.routing import Router, RouterKind, Routing
 from moekit.layers.stats import RoutingStats, routing_stats
 
@@ -66,8 +71,10 @@ class MoELayer(nn.Module):
     aux_loss_weight : weight of the balancing loss; None = 0.01, or 0 for the routers that
         balance without it (``sigmoid_bias``, ``expert_choice``).
     z_loss_weight : weight of the router z-loss.
-    backend : None (automatic), ``"loop"`` (the readable reference) or ``"grouped_mm"``;
-        assign ``layer.backend = name`` to switch later (same weights).
+    backend : None (automatic: ``"grouped_mm"`` for grouped experts), ``"loop"`` (the readable
+        reference), ``"grouped_mm"`` or ``"triton"`` (fused Triton kernels on a CUDA GPU, by name
+        only; elsewhere it falls back to ``"grouped_mm"`` and logs why); assign
+        ``layer.backend = name`` to switch later (same weights).
     experts : optional list of modules to use as experts instead of grouped FFNs (any
         architecture, mapping (R, D) -> (R, D)); runs with the ``loop`` backend.
 
@@ -112,8 +119,8 @@ class MoELayer(nn.Module):
                 f"experts has {len(experts)} modules but num_experts={num_experts}; "
                 f"pass num_experts={len(experts)}"
             )
-        if experts is not None and backend == "grouped_mm":
-            raise ValueError("backend='grouped_mm' needs grouped FFN experts; with experts=[...] "
+        if experts is not None and backend in ("grouped_mm", "triton"):
+            raise ValueError(f"backend={backend!r} needs grouped FFN experts; with experts=[...] "
                              "use backend='loop' or None")
         config = MoEConfig.create(
             d_model=d_model, d_ff=d_ff, num_experts=num_experts, top_k=top_k, router=router,
@@ -156,6 +163,7 @@ class MoELayer(nn.Module):
         self._set_backend(config.dispatch.backend)
         self.aux_loss: torch.Tensor | None = None
         self.stats: RoutingStats | None = None
+        self.reduce_sums: SumReducer | None = None
 
     # --- read-only views of the config ------------------------------------------------------
 
@@ -206,12 +214,14 @@ class MoELayer(nn.Module):
 
     def _set_backend(self, name: Backend | None) -> None:
         grouped = isinstance(self.experts, GroupedExperts)
-        if name == "grouped_mm" and not grouped:
-            raise ValueError("backend='grouped_mm' needs grouped FFN experts; with experts=[...] "
+        if name in ("grouped_mm", "triton") and not grouped:
+            raise ValueError(f"backend={name!r} needs grouped FFN experts; with experts=[...] "
                              "use backend='loop' or None")
         resolved: Backend = name or ("grouped_mm" if grouped else "loop")
         self._backend = resolved
-        self.dispatcher = make_dispatcher(resolved)
+        current: Dispatcher | None = getattr(self, "dispatcher", None)
+        local = make_dispatcher(resolved)
+        self.dispatcher = local if current is None else current.with_local(local)
         if isinstance(self.experts, GroupedExperts):
             self.experts.kernel = "loop" if resolved == "loop" else "grouped_mm"
 
@@ -249,8 +259,10 @@ class MoELayer(nn.Module):
         else:
             y_TD = self.dispatcher(x_TD, routing, keep_TK, self.experts, cap)
         self.aux_loss = self._aux_loss(routing, router)
-        self.stats = routing_stats(routing.indices_TK, keep_TK, router.token_distribution(routing),
-                                   self.num_experts, routing.keep_TK)
+        stats = routing_stats(routing.indices_TK, keep_TK, router.token_distribution(routing),
+                              self.num_experts, routing.keep_TK)
+        comm = self.dispatcher.comm
+        self.stats = stats if comm is None else dataclasses.replace(stats, comm=comm)
         return y_TD
 
     def _keep(self, routing: Routing) -> tuple[torch.Tensor | None, int | None]:
@@ -273,9 +285,9 @@ class MoELayer(nn.Module):
     def _aux_loss(self, routing: Routing, router: Router) -> torch.Tensor:
         loss = routing.logits_TE.new_zeros(())
         if self.aux_loss_weight > 0:
-            loss = loss + self.aux_loss_weight * router.balance_loss(routing)
+            loss = loss + self.aux_loss_weight * router.balance_loss(routing, self.reduce_sums)
         if self.z_loss_weight > 0:
-            loss = loss + self.z_loss_weight * router_z_loss(routing.logits_TE)
+            loss = loss + self.z_loss_weight * router_z_loss(routing.logits_TE, self.reduce_sums)
         return loss
 
     def extra_repr(self) -> str:

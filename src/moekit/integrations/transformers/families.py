@@ -11,18 +11,17 @@ Shorthands: ``K``/``E`` read the gate's ``top_k``/``num_experts``; routers are g
 
 from __future__ import annotations
 
-from types import MappingProxyType
 from typing import Any
 
 from moekit.integrations.transformers.spec import Attr, BlockSpec, SharedSpec, Unsupported
 from moekit.layers.grouped import ExpertsLayout
 
 
-def _router(kind: str, gate: str = "gate", **fields: Any) -> MappingProxyType[str, Any]:
+def _router(kind: str | Attr, gate: str = "gate", **fields: Any) -> tuple[tuple[str, Any], ...]:
     base: dict[str, Any] = {"kind": kind, "top_k": Attr(f"{gate}.top_k"),
                             "num_experts": Attr(f"{gate}.num_experts")}
     base.update(fields)
-    return MappingProxyType(base)
+    return tuple(base.items())
 
 
 def _norm(gate: str = "gate") -> Attr:
@@ -96,7 +95,7 @@ SPECS: tuple[BlockSpec, ...] = (
     BlockSpec(family="cohere2_moe", blocks=("Cohere2MoeSparseMoeBlock",),
               shared=(SharedSpec(module="shared_experts", gate=None),),
               shared_mean=Attr("shared_expert_combination_strategy", {"sum": False, "average": True}),
-              router=_router(Attr("gate.expert_selection_fn", {"softmax": "topk",  # type: ignore[arg-type]
+              router=_router(Attr("gate.expert_selection_fn", {"softmax": "topk",
                                                                "sigmoid": "sigmoid_bias"}),
                              select="logits", expert_bias=False,
                              normalize=Attr("gate.expert_selection_fn",
@@ -110,11 +109,10 @@ SPECS: tuple[BlockSpec, ...] = (
               layout=ExpertsLayout(in_proj=("mlp.w1", "mlp.v1"), down_proj="mlp.w2", in_bias=None,
                                    down_bias=None, in_linear=True, down_linear=False,
                                    gate_up="separate"),
-              router=MappingProxyType({
-                  "kind": "topk", "top_k": Attr("top_k"), "num_experts": Attr("experts.num_experts"),
-                  "score_precision": "logits",
-                  "normalize": Attr("moe_normalize_expert_weights", default=None, values=None),
-                  "normalize_p": Attr("moe_normalize_expert_weights", default=1.0)})),
+              router=(("kind", "topk"), ("top_k", Attr("top_k")),
+                      ("num_experts", Attr("experts.num_experts")), ("score_precision", "logits"),
+                      ("normalize", Attr("moe_normalize_expert_weights", default=None)),
+                      ("normalize_p", Attr("moe_normalize_expert_weights", default=1.0)))),
     # --- Llama 4: top-1 of the logits, sigmoid, applied to the experts' input --------------------
     BlockSpec(family="llama4", blocks=("Llama4TextMoe",), gate="router", logits_at=1,
               layout=ExpertsLayout(in_proj=("gate_up_proj",), down_proj="down_proj", in_bias=None,

@@ -12,8 +12,10 @@ names and in its order, so parameter names and ``state_dict`` keys do not change
   tensors in place (same ``nn.Parameter`` objects, their own layout);
 - shared experts, norms and projections are the block's modules, called as the block calls them.
 
-The moekit router (rule, balancing counts, no tensors of its own) is the child ``moekit_router``;
-it borrows the block's choice bias, so bias balancing moves the tensor transformers saves.
+The moekit router (rule, balancing counts, no tensors of its own) is the child ``moekit_router``,
+also ``layer.router`` as for any moekit layer unless the block has a child named ``router``
+(which keeps that name). It borrows the block's choice bias, so bias balancing moves the tensor
+transformers saves.
 """
 
 from __future__ import annotations
@@ -105,6 +107,26 @@ class TransformersMoE(MoELayer):
         self._set_backend(config.dispatch.backend)
         self.aux_loss: torch.Tensor | None = None
         self.stats = None
+        self.reduce_sums = None
+
+    def __getattr__(self, name: str) -> Any:
+        # ``layer.router`` is the moekit router, as for any MoELayer, unless the block has a child
+        # of that name (GPT-OSS, Granite, ...): then it stays the block's (never shadowed)
+        if name == "router":
+            modules = self.__dict__.get("_modules", {})
+            if "router" not in modules and "moekit_router" in modules:
+                return modules["moekit_router"]
+        return super().__getattr__(name)
+
+    def _child(self, name: str) -> nn.Module:
+        # by name in _modules: the ``router`` property must not hide a block's child of that name
+        *path, leaf = name.split(".")
+        owner: nn.Module = self
+        for part in path:
+            owner = owner._modules[part]  # type: ignore[assignment]
+        child = owner._modules[leaf]
+        assert child is not None
+        return child
 
     def forward(self, hidden_states: torch.Tensor) -> Any:
         spec, res = self.spec, self.resolved
@@ -113,22 +135,22 @@ class TransformersMoE(MoELayer):
                                                                        1.0 + res.jitter)
         shape = hidden_states.shape
         x_TD = hidden_states.reshape(-1, shape[-1])
-        gate = self.get_submodule(spec.gate)
+        gate = self._child(spec.gate)
         extra = [None if a is None else getattr(self, a) for a in res.gate_args]
         gate_out = gate(hidden_states if spec.gate_input == "hidden" else x_TD, *extra)
         logits_TE = gate_out if spec.logits_at is None else gate_out[spec.logits_at]
         routing = self.moekit_router.route_logits(logits_TE.reshape(x_TD.shape[0], -1),
                                                   input_dtype=x_TD.dtype)
-        routed_TD = x_TD if spec.latent_in is None else self.get_submodule(spec.latent_in)(x_TD)
+        routed_TD = x_TD if spec.latent_in is None else self._child(spec.latent_in)(x_TD)
         y_TD = self.forward_routed(routed_TD, routing, self.moekit_router)
         if spec.latent_out is not None:
-            y_TD = self.get_submodule(spec.latent_out)(y_TD)
+            y_TD = self._child(spec.latent_out)(y_TD)
         if res.output_scale is not None:
             y_TD = y_TD * res.output_scale
         for module, gate_name in res.shared:
-            shared_TD = self.get_submodule(module)(x_TD)
+            shared_TD = self._child(module)(x_TD)
             if gate_name is not None:
-                shared_TD = torch.sigmoid(self.get_submodule(gate_name)(x_TD)) * shared_TD
+                shared_TD = torch.sigmoid(self._child(gate_name)(x_TD)) * shared_TD
             if res.shared_float32:
                 y_TD = (y_TD.float() + shared_TD.float()).to(x_TD.dtype)
             elif res.shared_mean:
@@ -137,7 +159,7 @@ class TransformersMoE(MoELayer):
                 y_TD = y_TD + shared_TD
         y = y_TD if spec.tokens_out else y_TD.view(shape)
         if spec.post_norm is not None:
-            y = self.get_submodule(spec.post_norm)(y)
+            y = self._child(spec.post_norm)(y)
         if spec.returns == "with_weights":
             return y, routing.weights_TK.to(logits_TE.dtype)
         if spec.returns == "with_logits":

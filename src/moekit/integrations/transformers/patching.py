@@ -170,7 +170,7 @@ def build_layer(block: nn.Module, spec: BlockSpec, *, backend: Backend | None = 
     if extra:
         raise _Refused(f"its experts hold tensors moekit does not use: {sorted(extra)}")
     try:
-        fields = {k: resolve(v, block) for k, v in spec.router.items()}
+        fields = {k: resolve(v, block) for k, v in spec.router}
         bias_path = resolve(spec.bias, block) if spec.bias is not None else None
         if bias_path is not None and not isinstance(bias_path, str):
             raise LookupError(f"bias path {bias_path!r}")

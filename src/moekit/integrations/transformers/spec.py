@@ -10,8 +10,7 @@ shared experts and how they are added, and the small things some blocks do aroun
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from torch import nn
@@ -79,8 +78,8 @@ class BlockSpec:
     gate_input : what the block passes to it: ``"tokens"`` (T, D) or ``"hidden"`` (the input as is).
     gate_args : block attributes the block passes to the gate after the input (a bias).
     logits_at : index of the logits in the gate's output tuple (None: the output is the logits).
-    router : :class:`~moekit.layers.RouterConfig` fields (values or :class:`Attr`); ``d_model``
-        comes from the experts.
+    router : :class:`~moekit.layers.RouterConfig` fields as ``(name, value or Attr)`` pairs;
+        ``d_model`` comes from the experts.
     bias : path of the choice-bias tensor, relative to the block (an :class:`Attr` may make it
         conditional: None means no bias).
     experts : the child holding the expert tensors.
@@ -107,7 +106,7 @@ class BlockSpec:
     gate_input: Literal["tokens", "hidden"] = "tokens"
     gate_args: tuple[str | Attr, ...] = ()
     logits_at: int | None = 0
-    router: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    router: tuple[tuple[str, Any], ...] = ()
     bias: str | Attr | None = None
     experts: str = "experts"
     layout: ExpertsLayout | None = None
