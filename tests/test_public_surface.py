@@ -64,9 +64,11 @@ SUBPACKAGE_ALL: dict[str, list[str]] = {
     # kernels.BACKENDS went on purpose: layers.dispatch.BACKEND_NAMES is the one list of names.
     "moekit.kernels": ["available_backends", "grouped_mm", "grouped_mm_status"],
     "moekit.integrations.transformers": [
-        "SUPPORTED_BLOCKS", "copy_experts_from_transformers", "copy_experts_to_transformers",
+        "PatchReport", "RoutingReport", "SUPPORTED_BLOCKS", "TransformersMoE",
+        "copy_experts_from_transformers", "copy_experts_to_transformers",
         "copy_mlp_from_transformers", "copy_mlp_to_transformers", "from_transformers",
-        "layer_kwargs_from_transformers", "to_transformers"],
+        "layer_kwargs_from_transformers", "patch", "register", "routing_report",
+        "to_transformers", "unpatch"],
     "moekit.parallel": [
         "AllToAllDispatcher", "CollectiveError", "ExpertParallelMetadata", "ExpertParallelPlan",
         "apply_expert_parallel", "full_optimizer_state_dict", "full_state_dict",

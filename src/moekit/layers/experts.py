@@ -254,7 +254,7 @@ class GroupedExperts(_InputProjection, nn.Module):
                     else t.view(E, -1, t.shape[-1])[start:stop].reshape(-1, t.shape[-1]))
             return nn.Parameter(part.clone(), requires_grad=param.requires_grad)
 
-        if self.layout is MOEKIT_LAYOUT:
+        if self.layout == MOEKIT_LAYOUT:
             with torch.device("meta"):  # no throw-away initialisation: the slices replace all
                 local = GroupedExperts(self.d_model, self.d_ff, stop - start, self.activation,  # type: ignore[arg-type]
                                        bias=self.b_in is not None, kernel=self.kernel, glu=self.glu)
@@ -281,7 +281,7 @@ class GroupedExperts(_InputProjection, nn.Module):
         # moekit-orientation views (w_in, w_down, b_in, b_down) of an adopted layout
         if name in _VIEWS:
             layout = self.__dict__.get("layout")
-            if layout is not None and layout is not MOEKIT_LAYOUT:
+            if layout is not None and layout != MOEKIT_LAYOUT:
                 w = self.weights()
                 view = {"w_in": w.w_in_EDH, "w_down": w.w_down_EFD, "b_in": w.b_in_EH,
                         "b_down": w.b_down_ED}[name]
@@ -371,7 +371,7 @@ class GroupedExperts(_InputProjection, nn.Module):
                 f"activation={self.activation!r}, bias={bias}, kernel={self.kernel!r}")
         if not self.glu.plain:
             text += f", glu={self.glu}"
-        if self.layout is not MOEKIT_LAYOUT:
+        if self.layout != MOEKIT_LAYOUT:
             text += f", layout={self.layout}"
         return text
 
