@@ -230,11 +230,18 @@ def expert_ffn(w: ExpertWeights, act: ExpertActivation, e: int, x_RD: torch.Tens
     return out_RD
 
 
-def bias_rows(b_EX: torch.Tensor, offsets_E: torch.Tensor, rows: int) -> torch.Tensor:
+def row_experts(offsets_E: torch.Tensor, rows: int) -> torch.Tensor:
+    """(R,) expert of each row (E for rows past the last expert), from the offsets (no host sync)."""
+    row_R = torch.arange(rows, device=offsets_E.device, dtype=offsets_E.dtype)
+    return torch.searchsorted(offsets_E, row_R, right=True)
+
+
+def bias_rows(b_EX: torch.Tensor, offsets_E: torch.Tensor, rows: int,
+              expert_R: torch.Tensor | None = None) -> torch.Tensor:
     """(R, X) bias of each row's expert; zero for rows past the last expert (no host sync)."""
-    row_R = torch.arange(rows, device=b_EX.device, dtype=offsets_E.dtype)
-    expert_R = torch.searchsorted(offsets_E, row_R, right=True)
-    b_RX = b_EX[expert_R.clamp(max=b_EX.shape[0] - 1)]
+    if expert_R is None:
+        expert_R = row_experts(offsets_E, rows)
+    b_RX = b_EX.index_select(0, expert_R.clamp(max=b_EX.shape[0] - 1))
     return b_RX.masked_fill((expert_R >= b_EX.shape[0]).unsqueeze(-1), 0)
 
 
@@ -258,6 +265,8 @@ def grouped_ffn(w: ExpertWeights, act: ExpertActivation, x_RD: torch.Tensor,
         return out_RD
     R = x_RD.shape[0]
     offsets_E = torch.cumsum(tokens_per_expert_E, 0).to(torch.int32)
+    expert_R = (row_experts(offsets_E, R)
+                if w.b_in_EH is not None or w.b_down_ED is not None else None)
     if w.w_in_EDH is None:  # separate gate and up: two grouped matmuls, no concatenation
         assert w.w_gate_EDF is not None
         hidden_RF = act.pair(grouped_matmul(x_RD, w.w_gate_EDF, offsets_E, full),
@@ -265,9 +274,9 @@ def grouped_ffn(w: ExpertWeights, act: ExpertActivation, x_RD: torch.Tensor,
     else:
         in_RH = grouped_matmul(x_RD, w.w_in_EDH, offsets_E, full)
         if w.b_in_EH is not None:
-            in_RH = in_RH + bias_rows(w.b_in_EH, offsets_E, R)
+            in_RH = in_RH + bias_rows(w.b_in_EH, offsets_E, R, expert_R)
         hidden_RF = act.fused(in_RH)
     out_RD = grouped_matmul(hidden_RF, w.w_down_EFD, offsets_E, full)
     if w.b_down_ED is not None:
-        out_RD = out_RD + bias_rows(w.b_down_ED, offsets_E, R)
+        out_RD = out_RD + bias_rows(w.b_down_ED, offsets_E, R, expert_R)
     return out_RD
