@@ -40,10 +40,18 @@ class RoutingReport:
 
     def load_matrix(self) -> np.ndarray:
         """(L, E) load of each layer's experts (layers with fewer experts padded with 0)."""
+        return self._matrix("load")
+
+    def count_matrix(self) -> np.ndarray:
+        """(L, E) token-slots each layer's experts processed (padded with 0)."""
+        return self._matrix("tokens_per_expert")
+
+    def _matrix(self, field: str) -> np.ndarray:
         E = max((r.load.shape[0] for r in self.layers), default=0)
         out = np.zeros((len(self.layers), E))
         for i, r in enumerate(self.layers):
-            out[i, : r.load.shape[0]] = r.load
+            row = getattr(r, field)
+            out[i, : row.shape[0]] = row
         return out
 
     def table(self) -> str:
@@ -68,9 +76,10 @@ class RoutingReport:
         if not self.layers:
             raise ValueError("the report has no MoE layer to plot; run a forward of a model "
                              "holding moekit MoE layers first")
-        return plot_routing_heatmap(self.load_matrix(), [r.name for r in self.layers], path,
+        counts = self.count_matrix()
+        return plot_routing_heatmap(counts, [r.name for r in self.layers], path,
                                     title=title or "load per layer and expert",
-                                    annotate=self.load_matrix().size <= 400)
+                                    annotate=counts.size <= 400)
 
 
 def routing_report(model: nn.Module) -> RoutingReport:
