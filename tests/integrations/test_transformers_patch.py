@@ -213,6 +213,16 @@ def test_a_block_that_differs_on_the_probe_is_left_unpatched(monkeypatch: Any) -
         "Qwen3MoeSparseMoeBlock"]
 
 
+def test_blocks_already_sharded_by_transformers_expert_parallelism_are_left_alone() -> None:
+    model = tiny_model("qwen3_moe")
+    for m in model.modules():
+        if hasattr(m, "_is_expert_parallel"):
+            m._is_expert_parallel = True
+    report = mt.patch(model)
+    assert not report.patched
+    assert "expert parallelism already sharded" in report.unsupported["Qwen3MoeSparseMoeBlock"]
+
+
 def test_unchecked_transformers_release_warns_and_verifies(monkeypatch: Any) -> None:
     monkeypatch.setattr(patch_module, "is_checked", lambda version: False)
     with pytest.warns(UserWarning, match="is not a release moekit's table of MoE blocks was checked"):

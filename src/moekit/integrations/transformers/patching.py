@@ -139,6 +139,9 @@ def build_layer(block: nn.Module, spec: BlockSpec, *, backend: Backend | None = 
         experts_module = block.get_submodule(spec.experts)
     except AttributeError as err:
         raise _Refused(f"has no experts child {spec.experts!r}") from err
+    if getattr(experts_module, "_is_expert_parallel", False):
+        raise _Refused("transformers' expert parallelism already sharded its experts; patch the "
+                       "model before distributing it, and use moekit.parallel.apply_expert_parallel")
     if spec.layout is None:
         try:
             plan = plan_experts(experts_module)
