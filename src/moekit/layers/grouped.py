@@ -237,10 +237,14 @@ def row_experts(offsets_E: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def bias_rows(b_EX: torch.Tensor, offsets_E: torch.Tensor, rows: int,
-              expert_R: torch.Tensor | None = None) -> torch.Tensor:
-    """(R, X) bias of each row's expert; zero for rows past the last expert (no host sync)."""
+              expert_R: torch.Tensor | None = None, full: bool = False) -> torch.Tensor:
+    """(R, X) bias of each row's expert; zero for rows past the last expert (no host sync).
+
+    ``full=True`` promises there are no such rows (the zeroing is skipped)."""
     if expert_R is None:
         expert_R = row_experts(offsets_E, rows)
+    if full:
+        return b_EX.index_select(0, expert_R)
     b_RX = b_EX.index_select(0, expert_R.clamp(max=b_EX.shape[0] - 1))
     return b_RX.masked_fill((expert_R >= b_EX.shape[0]).unsqueeze(-1), 0)
 
@@ -274,9 +278,9 @@ def grouped_ffn(w: ExpertWeights, act: ExpertActivation, x_RD: torch.Tensor,
     else:
         in_RH = grouped_matmul(x_RD, w.w_in_EDH, offsets_E, full)
         if w.b_in_EH is not None:
-            in_RH = in_RH + bias_rows(w.b_in_EH, offsets_E, R, expert_R)
+            in_RH = in_RH.add_(bias_rows(w.b_in_EH, offsets_E, R, expert_R, full))
         hidden_RF = act.fused(in_RH)
     out_RD = grouped_matmul(hidden_RF, w.w_down_EFD, offsets_E, full)
     if w.b_down_ED is not None:
-        out_RD = out_RD + bias_rows(w.b_down_ED, offsets_E, R, expert_R)
+        out_RD = out_RD.add_(bias_rows(w.b_down_ED, offsets_E, R, expert_R, full))
     return out_RD
