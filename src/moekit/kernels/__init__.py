@@ -1,25 +1,45 @@
 """Optional fast paths for the MoE layers, looked up by name.
 
-Backends share one signature (see :mod:`moekit.layers.dispatch`):
+Backends share one contract (see :mod:`moekit.layers.dispatch`):
 
 - ``loop``: the readable reference; one expert at a time. Always available.
 - ``grouped_mm``: tokens sorted by expert on the device, experts run as grouped matmuls
   (``torch._grouped_mm`` where supported, else a loop of matmuls inside the same op).
+- ``cpu``: the fused CPU path (:mod:`moekit.kernels.cpu_moe`): gather, experts and combine per
+  expert, one expert per thread, GEMMs on the library this CPU runs best (oneDNN or torch's
+  BLAS, probed), the per-expert loop in C++ when its optional extension is built
+  (:mod:`moekit.kernels.cpu_ext`). On other devices and dtypes it runs ``grouped_mm``.
 
-:func:`available_backends` says which run here and, for those that don't (or run degraded), why.
+:func:`available_backends` says which run here and, for those that don't (or run degraded), why;
+:func:`choose_backend` is the automatic choice (``backend=None``) and its reason.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import logging
 
 import torch
 
+from moekit.kernels import cpu_ext
+from moekit.kernels.cpu_gemm import cpu_gemm_choice
+from moekit.kernels.cpu_moe import fused_moe_cpu, fused_moe_cpu_reason
 from moekit.kernels.grouped_mm import grouped_mm, grouped_mm_status
 
-BACKENDS: tuple[str, ...] = ("loop", "grouped_mm")
+BACKENDS: tuple[str, ...] = ("loop", "grouped_mm", "cpu")
 
-__all__ = ["BACKENDS", "available_backends", "grouped_mm", "grouped_mm_status"]
+__all__ = ["BACKENDS", "available_backends", "choose_backend", "cpu_backend_reason",
+           "fused_moe_cpu", "grouped_mm", "grouped_mm_status", "log_fallback_once"]
+
+_log = logging.getLogger("moekit.kernels")
+
+
+def cpu_backend_reason(device: str | torch.device = "cpu",
+                       dtype: torch.dtype = torch.float32) -> str | None:
+    """Why the ``cpu`` backend's fused path does not run for ``device`` and ``dtype`` (it then runs
+    ``grouped_mm``), or None if it does."""
+    return fused_moe_cpu_reason(device, dtype)
 
 
 def available_backends(device: str | torch.device = "cpu",
@@ -35,8 +55,44 @@ def available_backends(device: str | torch.device = "cpu",
     status: dict[str, str | None] = {"loop": None}
     reason = grouped_mm_status(device, dtype)
     status["grouped_mm"] = None if reason is None else f"runs as a loop of matmuls: {reason}"
+    cpu = cpu_backend_reason(device, dtype)
+    if cpu is not None:
+        status["cpu"] = f"runs grouped_mm instead: {cpu}"
+    else:
+        status["cpu"] = cpu_ext.status()  # None when the C++ loop is loaded
     if importlib.util.find_spec("triton") is None:
         status["triton"] = "triton is not installed (pip install 'moekit[triton]')"
     else:
         status["triton"] = "moekit has no Triton kernels yet; grouped_mm is used"
     return status
+
+
+def choose_backend(device: str | torch.device = "cpu",
+                   dtype: torch.dtype = torch.float32) -> tuple[str, str]:
+    """The backend ``backend=None`` resolves to for grouped experts on ``device``/``dtype``, and why.
+
+    ``cpu`` where its fused path runs and its GEMM library measured faster than torch's ``mm``
+    (the timed probe of :mod:`moekit.kernels.cpu_gemm`): that is where the layer benchmark
+    measured it ahead of ``grouped_mm`` at every shape class. Else ``grouped_mm``.
+
+    Examples
+    --------
+    >>> from moekit.kernels import choose_backend
+    >>> choose_backend("cpu")[0] in ("cpu", "grouped_mm")
+    True
+    """
+    cpu = cpu_backend_reason(device, dtype)
+    if cpu is not None:
+        return "grouped_mm", cpu
+    if dtype != torch.float32:
+        return "grouped_mm", f"the CPU fast path is ahead of grouped_mm with float32 only, not {dtype}"
+    gemm = cpu_gemm_choice()
+    if gemm.library != "onednn":
+        return "grouped_mm", f"the CPU fast path's GEMMs would not be faster here ({gemm.reason})"
+    return "cpu", f"fused CPU path with oneDNN GEMMs ({gemm.reason})"
+
+
+@functools.cache
+def log_fallback_once(backend: str, reason: str) -> None:
+    """Log (once per backend and reason) that ``backend`` ran another path, and why."""
+    _log.info("backend %r falls back: %s", backend, reason)

@@ -25,6 +25,9 @@ Implementations:
   result is deterministic; the backward of dispatch is a combine and vice versa).
 - :class:`LoopDispatcher` (``backend="loop"``): the readable reference, one expert at a time with
   ``torch.where`` and ``index_add`` (a host sync per expert).
+- :class:`FusedCPUDispatcher` (``backend="cpu"``): overrides the call to run dispatch, experts and
+  combine as one fused CPU op (:func:`moekit.kernels.fused_moe_cpu`); where that cannot run (other
+  devices, dtypes, experts) it runs :class:`SortedDispatcher`'s three steps, and logs why once.
 
 Capacity (token choice): ``C = ceil(capacity_factor * T * K / E)``. With ``drop_policy="position"``
 an expert keeps slots in GShard/Switch priority order: every token's first choice before any
@@ -41,9 +44,11 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from moekit.kernels import fused_moe_cpu, fused_moe_cpu_reason, log_fallback_once
 from moekit.kernels.ops import gather_rows, sum_rows
 from moekit.layers._checks import count_values, router_dtype
 from moekit.layers.config import DropPolicy
+from moekit.layers.experts import GroupedExperts
 from moekit.layers.routing import Routing
 
 if TYPE_CHECKING:
@@ -225,9 +230,35 @@ class LoopDispatcher(Dispatcher):
         return y_TD.to(meta.out_dtype)
 
 
-_DISPATCHERS: dict[str, type[Dispatcher]] = {"loop": LoopDispatcher, "grouped_mm": SortedDispatcher}
+class FusedCPUDispatcher(SortedDispatcher):
+    """Dispatch, experts and combine fused on CPU (``backend="cpu"``); see :mod:`moekit.kernels`.
+
+    Same meaning as :class:`SortedDispatcher` (whose ``dispatch``/``combine`` it keeps for outer
+    dispatchers); the call runs :func:`~moekit.kernels.fused_moe_cpu` with the experts' weights
+    when the input and experts allow it, else the sorted path.
+    """
+
+    name: ClassVar[str] = "cpu"
+
+    def __call__(self, x_TD: torch.Tensor, routing: Routing, keep_TK: torch.Tensor | None,
+                 experts: Experts, capacity: int | None = None) -> torch.Tensor:
+        if not isinstance(experts, GroupedExperts):
+            log_fallback_once(self.name, f"{type(experts).__name__} are not grouped FFN experts")
+            return super().__call__(x_TD, routing, keep_TK, experts, capacity)
+        reason = fused_moe_cpu_reason(x_TD.device, x_TD.dtype, experts.activation)
+        if reason is not None:
+            log_fallback_once(self.name, reason)
+            return super().__call__(x_TD, routing, keep_TK, experts, capacity)
+        y_TD = fused_moe_cpu(x_TD, routing.indices_TK, routing.weights_TK, keep_TK,
+                             experts.w_in, experts.w_down, experts.b_in, experts.b_down,
+                             activation=experts.activation)
+        return y_TD
+
+
+_DISPATCHERS: dict[str, type[Dispatcher]] = {"loop": LoopDispatcher, "grouped_mm": SortedDispatcher,
+                                             "cpu": FusedCPUDispatcher}
 
 
 def make_dispatcher(backend: str) -> Dispatcher:
-    """The dispatcher of a backend name (``"loop"`` or ``"grouped_mm"``)."""
+    """The dispatcher of a backend name (``"loop"``, ``"grouped_mm"`` or ``"cpu"``)."""
     return _DISPATCHERS[backend]()

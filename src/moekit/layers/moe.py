@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from moekit.kernels import choose_backend
 from moekit.layers._checks import check_choice, check_dtype_matches, check_input
 from moekit.layers.config import (
     BACKEND_NAMES,
@@ -65,8 +66,10 @@ class MoELayer(nn.Module):
     aux_loss_weight : weight of the balancing loss; None = 0.01, or 0 for the routers that
         balance without it (``sigmoid_bias``, ``expert_choice``).
     z_loss_weight : weight of the router z-loss.
-    backend : None (automatic), ``"loop"`` (the readable reference) or ``"grouped_mm"``;
-        assign ``layer.backend = name`` to switch later (same weights).
+    backend : None (automatic: :func:`moekit.kernels.choose_backend` for grouped experts, else
+        ``"loop"``), ``"loop"`` (the readable reference), ``"grouped_mm"`` or ``"cpu"`` (the
+        fused CPU path; other devices and dtypes run ``grouped_mm``); assign
+        ``layer.backend = name`` to switch later (same weights).
     experts : optional list of modules to use as experts instead of grouped FFNs (any
         architecture, mapping (R, D) -> (R, D)); runs with the ``loop`` backend.
 
@@ -111,8 +114,8 @@ class MoELayer(nn.Module):
                 f"experts has {len(experts)} modules but num_experts={num_experts}; "
                 f"pass num_experts={len(experts)}"
             )
-        if experts is not None and backend == "grouped_mm":
-            raise ValueError("backend='grouped_mm' needs grouped FFN experts; with experts=[...] "
+        if experts is not None and backend in ("grouped_mm", "cpu"):
+            raise ValueError(f"backend={backend!r} needs grouped FFN experts; with experts=[...] "
                              "use backend='loop' or None")
         config = MoEConfig.create(
             d_model=d_model, d_ff=d_ff, num_experts=num_experts, top_k=top_k, router=router,
@@ -205,10 +208,13 @@ class MoELayer(nn.Module):
 
     def _set_backend(self, name: Backend | None) -> None:
         grouped = isinstance(self.experts, GroupedExperts)
-        if name == "grouped_mm" and not grouped:
-            raise ValueError("backend='grouped_mm' needs grouped FFN experts; with experts=[...] "
+        if name in ("grouped_mm", "cpu") and not grouped:
+            raise ValueError(f"backend={name!r} needs grouped FFN experts; with experts=[...] "
                              "use backend='loop' or None")
-        resolved: Backend = name or ("grouped_mm" if grouped else "loop")
+        resolved: Backend = name or "loop"
+        if name is None and isinstance(self.experts, GroupedExperts):
+            w = self.experts.w_in
+            resolved = choose_backend(w.device, w.dtype)[0]  # type: ignore[assignment]
         self._backend = resolved
         self.dispatcher = make_dispatcher(resolved)
         if isinstance(self.experts, GroupedExperts):
