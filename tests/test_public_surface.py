@@ -18,7 +18,6 @@ MOEKIT_ALL = ["__version__", "data", "estimators", "integrations", "kernels", "l
               "train", "viz"]
 
 CLI_FLAGS_SNAPSHOT: dict[str, list[str]] = {
-    "bench": ["--balanced", "--device", "--dtype", "--help", "--json", "--no-memory", "--quick", "--repeats", "--scale", "--seed", "--shapes", "--threads", "--tokens", "--warmup", "-h"],
     "demo": ["--device", "--force", "--help", "--output", "--quick", "--seed", "--steps", "-h", "-o"],
     "fit": ["--classifier", "--drop", "--dropna", "--expert", "--experts", "--help", "--max-iter", "--n-init", "--output", "--se", "--seed", "--target", "-h", "-k", "-o", "csv"],
     "info": ["--help", "--json", "-h"],

@@ -21,7 +21,6 @@ SUBCOMMANDS: dict[str, str] = {
     "train": "train",
     "fit": "fit",
     "predict": "predict",
-    "bench": "bench",
     "report": "report",
     "info": "info",
 }

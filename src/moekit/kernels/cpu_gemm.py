@@ -35,6 +35,10 @@ _log = logging.getLogger("moekit.kernels")
 GemmLibrary = Literal["onednn", "torch"]
 #: oneDNN must beat torch.mm by this factor to be chosen (it costs ~10 us more per call).
 ONEDNN_MIN_SPEEDUP = 1.15
+#: Below this many FLOPs a GEMM goes to torch.mm even when oneDNN is chosen: oneDNN's ~12 us of
+#: fixed cost per call (it builds a primitive descriptor each time) outweighs its faster kernel
+#: (measured: 16x128x96 takes 17 us on oneDNN, 6 us on torch.mm; 16x512x3584 613 vs 1072 us).
+ONEDNN_MIN_FLOP = 2_000_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,10 +153,15 @@ def gemm_for(dtype: torch.dtype, requested: Literal["auto", "onednn", "torch"] =
     return requested
 
 
+def _use_onednn(a_MK: torch.Tensor, b_NK: torch.Tensor, library: GemmLibrary) -> bool:
+    return library == "onednn" and 2 * a_MK.shape[0] * a_MK.shape[1] * b_NK.shape[0] >= ONEDNN_MIN_FLOP
+
+
 def mm_nt(a_MK: torch.Tensor, b_NK: torch.Tensor, bias_N: torch.Tensor | None,
           library: GemmLibrary) -> torch.Tensor:
-    """``a_MK @ b_NK.T (+ bias_N)``: (M, N). Any strides; oneDNN or ``torch.mm``/``addmm``."""
-    if library == "onednn":
+    """``a_MK @ b_NK.T (+ bias_N)``: (M, N). Any strides; oneDNN (for GEMMs of at least
+    :data:`ONEDNN_MIN_FLOP` when ``library="onednn"``) or ``torch.mm``/``addmm``."""
+    if _use_onednn(a_MK, b_NK, library):
         return _onednn_linear()(a_MK, b_NK, bias_N, "none", [], "")
     if bias_N is None:
         return torch.mm(a_MK, b_NK.t())
@@ -162,7 +171,7 @@ def mm_nt(a_MK: torch.Tensor, b_NK: torch.Tensor, bias_N: torch.Tensor | None,
 def mm_nt_out(out_MN: torch.Tensor, a_MK: torch.Tensor, b_NK: torch.Tensor,
               bias_N: torch.Tensor | None, library: GemmLibrary) -> None:
     """:func:`mm_nt` written into ``out_MN`` (oneDNN has no ``out=``: it is copied there)."""
-    if library == "onednn":
+    if _use_onednn(a_MK, b_NK, library):
         out_MN.copy_(_onednn_linear()(a_MK, b_NK, bias_N, "none", [], ""))
     elif bias_N is None:
         torch.mm(a_MK, b_NK.t(), out=out_MN)

@@ -25,7 +25,8 @@ backward (input, expert weights and biases, and the combine weights, so the rout
 - **Bucketed row counts**: with oneDNN each expert's block is padded to a multiple of 16 rows
   (pad rows repeat one of the expert's tokens with weight 0, so they add nothing to any output or
   gradient), which keeps oneDNN's primitive cache from thrashing when routing changes every step
-  (each distinct row count is a new primitive, ~0.3 ms to create).
+  (each distinct row count is a new primitive, ~0.3 ms to create). GEMMs too small to gain from
+  oneDNN (decode) run on ``torch.mm`` unpadded (:data:`~moekit.kernels.cpu_gemm.ONEDNN_MIN_FLOP`).
 - **Backward** recomputes the activation from the saved pre-activation and re-gathers the input
   rows; per expert: the combine-weight gradient ``g_t . y_e(x_t)``, ``dW_down``, ``dA``, ``dH``,
   ``dW_in`` and the input rows' gradient (into a table, summed per token by ``embedding_bag``).
@@ -52,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from moekit.kernels import cpu_ext
-from moekit.kernels.cpu_gemm import GemmLibrary, gemm_for, mm_nt, mm_nt_out
+from moekit.kernels.cpu_gemm import ONEDNN_MIN_FLOP, GemmLibrary, gemm_for, mm_nt, mm_nt_out
 from moekit.kernels.cpu_threads import run_parts
 from moekit.kernels.grouped_mm import _autocast_dtype
 
@@ -160,8 +161,12 @@ def deal(costs: Sequence[int], workers: int) -> list[list[int]]:
 
 
 def plan_rows(indices_TK: torch.Tensor, keep_TK: torch.Tensor | None, num_experts: int,
-              bucket: int, workers: int) -> RowPlan:
-    """The :class:`RowPlan` of a routing (one host sync, for the counts)."""
+              bucket: int, workers: int, bucket_from: int = 0) -> RowPlan:
+    """The :class:`RowPlan` of a routing (one host sync, for the counts).
+
+    An expert's rows are padded to a multiple of ``bucket`` when that makes at least
+    ``bucket_from`` rows (smaller blocks run on ``torch.mm``, whose speed does not depend on it).
+    """
     E = num_experts
     T, K = indices_TK.shape
     key_S = indices_TK.reshape(-1)
@@ -172,7 +177,7 @@ def plan_rows(indices_TK: torch.Tensor, keep_TK: torch.Tensor | None, num_expert
     all_counts = counts_E.tolist()
     experts = [e for e, n in enumerate(all_counts) if n > 0]
     counts = [all_counts[e] for e in experts]
-    padded = [-(-n // bucket) * bucket for n in counts]
+    padded = [b if (b := -(-n // bucket) * bucket) >= bucket_from else n for n in counts]
     starts, total = [], 0
     for n in padded:
         starts.append(total)
@@ -183,7 +188,7 @@ def plan_rows(indices_TK: torch.Tensor, keep_TK: torch.Tensor | None, num_expert
         return torch.tensor(values, dtype=torch.int64, device=device)
 
     first_E = torch.cumsum(counts_E, 0) - counts_E  # first sorted slot of each expert
-    if bucket == 1:
+    if total == sum(counts):  # nothing padded
         slot_P = order_S[:total]
         valid_P = torch.ones(total, dtype=torch.bool, device=device)
     else:
@@ -218,6 +223,11 @@ class _Spec:
     layout: GateLayout
     library: GemmLibrary
     cpp: bool
+
+
+def _min_flop(spec: _Spec) -> int:
+    """The C++ loop's switch: oneDNN for GEMMs of at least this many FLOPs; -1 = never."""
+    return ONEDNN_MIN_FLOP if spec.library == "onednn" else -1
 
 
 def _in_place_or_copy(w_EXY: torch.Tensor) -> torch.Tensor:
@@ -329,7 +339,7 @@ class _FusedMoE(torch.autograd.Function):
         if spec.cpp:
             y_P, h = torch.ops.moekit_cpu.experts_forward(
                 x, tok_P, plan.experts, plan.starts, plan.padded, win, wdn, bi, bd,
-                spec.activation, spec.layout == "interleaved", spec.library == "onednn", save)
+                spec.activation, spec.layout == "interleaved", _min_flop(spec), save)
         else:
             y_P, h = _forward_python(x, tok_P, plan, win, wdn, bi, bd, spec, save)
         w_TK = weights_TK.detach().to(x.dtype)
@@ -353,8 +363,7 @@ class _FusedMoE(torch.autograd.Function):
         if spec.cpp:
             outs = torch.ops.moekit_cpu.experts_backward(
                 g, x, tok_P, w_P, y_P, h, plan.experts, plan.starts, plan.padded, plan.counts,
-                win, wdn, *need, spec.activation, spec.layout == "interleaved",
-                spec.library == "onednn")
+                win, wdn, *need, spec.activation, spec.layout == "interleaved", _min_flop(spec))
             grads = [o if n else None for o, n in zip(outs, need)]
         else:
             grads = list(_backward_python(g, x, tok_P, w_P, y_P, h, plan, win, wdn, tuple(need),
@@ -462,8 +471,9 @@ def fused_moe_cpu(x_TD: torch.Tensor, indices_TK: torch.Tensor, weights_TK: torc
     library = gemm_for(x_TD.dtype, gemm)
     cpp = loop == "cpp" or (loop == "auto" and cpu_ext.status() is None)
     E = w_in_EDH.shape[0]
+    D, Fh = w_down_EFD.shape[2], w_down_EFD.shape[1]
     plan = plan_rows(indices_TK, keep_TK, E, ONEDNN_ROW_BUCKET if library == "onednn" else 1,
-                     torch.get_num_threads())
+                     torch.get_num_threads(), bucket_from=-(-ONEDNN_MIN_FLOP // (2 * D * Fh)))
     spec = _Spec(activation=activation, layout=gate_layout, library=library, cpp=cpp)
     y_TD: torch.Tensor = _FusedMoE.apply(x_TD, weights_TK, w_in_EDH, w_down_EFD, b_in_EH,
                                          b_down_ED, plan, spec)

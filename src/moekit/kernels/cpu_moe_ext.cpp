@@ -9,7 +9,7 @@
 // which expert. Experts are taken largest first from a shared counter by the threads of one
 // at::parallel_for; every op inside runs single-threaded (ATen, MKL and oneDNN all run serially
 // inside a parallel region). GEMMs go to oneDNN (mkldnn::_linear_pointwise, looked up in the
-// dispatcher) or to at::mm.
+// dispatcher; for GEMMs of at least onednn_min_flop FLOPs, -1 = never) or to at::mm.
 //
 // Built on demand by moekit.kernels.cpu_ext with torch.utils.cpp_extension; optional.
 
@@ -47,10 +47,15 @@ Tensor onednn_linear(const Tensor& a, const Tensor& b_NK, const std::optional<Te
   return stack[0].toTensor();
 }
 
-// a_MK @ b_NK^T (+ bias) into out (M, N).
+// GEMMs below min_flop go to at::mm even with oneDNN chosen (see ONEDNN_MIN_FLOP in cpu_gemm.py).
+bool use_onednn(const Tensor& a, const Tensor& b_NK, int64_t min_flop) {
+  return min_flop >= 0 && 2 * a.size(0) * a.size(1) * b_NK.size(0) >= min_flop;
+}
+
+// a_MK @ b_NK^T (+ bias) into out (M, N); onednn = min_flop >= 0.
 void mm_nt_out(const Tensor& out, const Tensor& a, const Tensor& b_NK,
-               const std::optional<Tensor>& bias, bool onednn) {
-  if (onednn) {
+               const std::optional<Tensor>& bias, int64_t onednn) {
+  if (use_onednn(a, b_NK, onednn)) {
     out.copy_(onednn_linear(a, b_NK, bias));
   } else if (bias.has_value()) {
     at::addmm_out(const_cast<Tensor&>(out), *bias, a, b_NK.t());
@@ -59,8 +64,8 @@ void mm_nt_out(const Tensor& out, const Tensor& a, const Tensor& b_NK,
   }
 }
 
-Tensor mm_nt(const Tensor& a, const Tensor& b_NK, const std::optional<Tensor>& bias, bool onednn) {
-  if (onednn) {
+Tensor mm_nt(const Tensor& a, const Tensor& b_NK, const std::optional<Tensor>& bias, int64_t onednn) {
+  if (use_onednn(a, b_NK, onednn)) {
     return onednn_linear(a, b_NK, bias);
   }
   return bias.has_value() ? at::addmm(*bias, a, b_NK.t()) : at::mm(a, b_NK.t());
@@ -154,7 +159,7 @@ std::tuple<Tensor, std::vector<Tensor>> experts_forward(
     const Tensor& x, const Tensor& tok_P, c10::IntArrayRef experts, c10::IntArrayRef starts,
     c10::IntArrayRef padded, const Tensor& w_in, const Tensor& w_down,
     const std::optional<Tensor>& b_in, const std::optional<Tensor>& b_down,
-    c10::string_view act, bool interleaved, bool onednn, bool save) {
+    c10::string_view act, bool interleaved, int64_t onednn, bool save) {
   const int64_t P = tok_P.size(0), D = x.size(1);
   Tensor y_P = at::empty({P + 1, D}, x.options());
   y_P[P].zero_();
@@ -176,7 +181,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> experts_backward(
     at::TensorList h, c10::IntArrayRef experts, c10::IntArrayRef starts,
     c10::IntArrayRef padded, c10::IntArrayRef counts, const Tensor& w_in, const Tensor& w_down,
     bool need_x, bool need_w, bool need_win, bool need_wd, bool need_bin, bool need_bd,
-    c10::string_view act, bool interleaved, bool onednn) {
+    c10::string_view act, bool interleaved, int64_t onednn) {
   const int64_t P = tok_P.size(0), D = x.size(1), E = w_in.size(0), H = w_in.size(2);
   const int64_t Fh = w_down.size(1);
   // Outputs not asked for come back empty (0 elements). Experts without rows get zero gradients.
@@ -228,11 +233,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> experts_backward(
 TORCH_LIBRARY(moekit_cpu, m) {
   m.def("experts_forward(Tensor x, Tensor tok_P, int[] experts, int[] starts, int[] padded, "
         "Tensor w_in, Tensor w_down, Tensor? b_in, Tensor? b_down, str act, bool interleaved, "
-        "bool onednn, bool save) -> (Tensor, Tensor[])");
+        "int onednn_min_flop, bool save) -> (Tensor, Tensor[])");
   m.def("experts_backward(Tensor g, Tensor x, Tensor tok_P, Tensor w_P, Tensor y_P, Tensor[] h, "
         "int[] experts, int[] starts, int[] padded, int[] counts, Tensor w_in, Tensor w_down, "
         "bool need_x, bool need_w, bool need_win, bool need_wd, bool need_bin, bool need_bd, "
-        "str act, bool interleaved, bool onednn) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+        "str act, bool interleaved, int onednn_min_flop) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(moekit_cpu, CPU, m) {
