@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from moekit.kernels import available_backends, choose_backend, cpu_ext
 from moekit.kernels.cpu_gemm import _onednn_unusable, cpu_gemm_choice
-from moekit.kernels.cpu_moe import ONEDNN_ROW_BUCKET, deal, fused_moe_cpu, plan_rows
+from moekit.kernels.cpu_moe import ONEDNN_ROW_BUCKET, fused_moe_cpu
+from moekit.kernels.cpu_plan import deal, plan_rows
 from moekit.kernels.cpu_threads import worker_team_sizes
 from moekit.layers import MoELayer
 from moekit.layers.reference import reference_moe_forward
@@ -289,3 +290,13 @@ def test_backend_status_and_automatic_choice():
     assert name == ("cpu" if cpu_gemm_choice().library == "onednn" else "grouped_mm") and why
     assert choose_backend("meta")[0] == "grouped_mm"
     assert MoELayer(8, 8, 2, 1).backend == name
+
+
+@pytest.mark.parametrize("module", ["moekit.kernels", "moekit.kernels.cpu_moe",
+                                    "moekit.kernels.cpu_gemm"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

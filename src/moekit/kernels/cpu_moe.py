@@ -44,283 +44,33 @@ tensors; activations ``swiglu``, ``geglu``, ``gelu``, ``relu``, ``silu``.
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
 from moekit.kernels import cpu_ext
-from moekit.kernels.cpu_gemm import ONEDNN_MIN_FLOP, GemmLibrary, gemm_for, mm_nt, mm_nt_out
-from moekit.kernels.cpu_threads import run_parts
+from moekit.kernels.cpu_gemm import ONEDNN_MIN_FLOP, gemm_for
+from moekit.kernels.cpu_loop import (
+    GATED,
+    GateLayout,
+    Spec,
+    backward_python,
+    forward_python,
+    in_place_or_copy,
+    min_flop,
+)
+from moekit.kernels.cpu_plan import RowPlan, plan_rows
 from moekit.kernels.grouped_mm import _autocast_dtype
 
-GateLayout = Literal["halves", "interleaved"]
 GemmRequest = Literal["auto", "onednn", "torch"]
 LoopRequest = Literal["auto", "cpp", "python"]
 CPU_ACTIVATIONS: tuple[str, ...] = ("swiglu", "geglu", "gelu", "relu", "silu")
-GATED = frozenset({"swiglu", "geglu"})
 #: Rows each expert's block is padded to a multiple of when its GEMMs run on oneDNN.
 ONEDNN_ROW_BUCKET = 16
-#: Fixed cost of an expert call, in rows (for dealing experts to threads).
-_EXPERT_OVERHEAD_ROWS = 16
 
-
-# --------------------------------------------------------------------------- activations
-
-
-def _act(name: str, t: torch.Tensor) -> torch.Tensor:
-    if name in ("swiglu", "silu"):
-        return F.silu(t)
-    if name in ("geglu", "gelu"):
-        return F.gelu(t)
-    return F.relu(t)
-
-
-def _act_grad(name: str, grad: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """``act'(t) * grad`` with autograd's own formulas."""
-    if name in ("swiglu", "silu"):
-        return torch.ops.aten.silu_backward(grad, t)
-    if name in ("geglu", "gelu"):
-        return torch.ops.aten.gelu_backward(grad, t)
-    return torch.ops.aten.threshold_backward(grad, t, 0)
-
-
-def _split(h_RH: torch.Tensor, layout: GateLayout) -> tuple[torch.Tensor, torch.Tensor]:
-    if layout == "halves":
-        half = h_RH.shape[1] // 2
-        return h_RH[:, :half], h_RH[:, half:]
-    return h_RH[:, 0::2], h_RH[:, 1::2]
-
-
-def _hidden(h_RH: torch.Tensor, name: str, layout: GateLayout) -> torch.Tensor:
-    if name not in GATED:
-        return _act(name, h_RH)
-    gate_RF, up_RF = _split(h_RH, layout)
-    return _act(name, gate_RF) * up_RF
-
-
-def _hidden_and_grad(h_RH: torch.Tensor, da_RF: torch.Tensor, name: str, layout: GateLayout,
-                     want_hidden: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """(activation output or None, gradient of the pre-activation) from ``h`` and ``dA``."""
-    if name not in GATED:
-        return (_act(name, h_RH) if want_hidden else None), _act_grad(name, da_RF, h_RH)
-    gate_RF, up_RF = _split(h_RH, layout)
-    sg_RF = _act(name, gate_RF)
-    dh_RH = torch.empty_like(h_RH)
-    dgate_RF, dup_RF = _split(dh_RH, layout)
-    dgate_RF.copy_(_act_grad(name, da_RF * up_RF, gate_RF))
-    torch.mul(da_RF, sg_RF, out=dup_RF)
-    return (sg_RF * up_RF if want_hidden else None), dh_RH
-
-
-# --------------------------------------------------------------------------- the plan
-
-
-@dataclass(frozen=True, kw_only=True)
-class RowPlan:
-    """Which planned rows each active expert takes, and which thread runs it (Python loop).
-
-    Attributes
-    ----------
-    experts : active experts (at least one kept slot), ascending.
-    counts, starts, padded : kept slots, first planned row and padded row count of each.
-    slot_P : (P,) int64 slot (``t * K + k``) of each planned row; a pad row repeats a kept slot
-        of its expert.
-    valid_P : (P,) bool, False on pad rows.
-    row_TK : (T, K) int64 planned row of each slot; P (the table's zero row) for dropped slots.
-    parts : for each thread, the positions into ``experts`` it runs.
-    """
-
-    experts: list[int]
-    counts: list[int]
-    starts: list[int]
-    padded: list[int]
-    slot_P: torch.Tensor
-    valid_P: torch.Tensor
-    row_TK: torch.Tensor
-    parts: list[list[int]]
-
-    @property
-    def rows(self) -> int:
-        """P."""
-        return int(self.slot_P.shape[0])
-
-
-def deal(costs: Sequence[int], workers: int) -> list[list[int]]:
-    """Largest job first to the least loaded worker (ties: lowest index); deterministic."""
-    heap = [(0, w) for w in range(workers)]
-    parts: list[list[int]] = [[] for _ in range(workers)]
-    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
-        load, w = heapq.heappop(heap)
-        parts[w].append(i)
-        heapq.heappush(heap, (load + costs[i], w))
-    return [p for p in parts if p]
-
-
-def plan_rows(indices_TK: torch.Tensor, keep_TK: torch.Tensor | None, num_experts: int,
-              bucket: int, workers: int, bucket_from: int = 0) -> RowPlan:
-    """The :class:`RowPlan` of a routing (one host sync, for the counts).
-
-    An expert's rows are padded to a multiple of ``bucket`` when that makes at least
-    ``bucket_from`` rows (smaller blocks run on ``torch.mm``, whose speed does not depend on it).
-    """
-    E = num_experts
-    T, K = indices_TK.shape
-    key_S = indices_TK.reshape(-1)
-    if keep_TK is not None:
-        key_S = torch.where(keep_TK.reshape(-1), key_S, E)
-    order_S = torch.argsort(key_S, stable=True)
-    counts_E = torch.bincount(key_S, minlength=E + 1)[:E]
-    all_counts = counts_E.tolist()
-    experts = [e for e, n in enumerate(all_counts) if n > 0]
-    counts = [all_counts[e] for e in experts]
-    padded = [b if (b := -(-n // bucket) * bucket) >= bucket_from else n for n in counts]
-    starts, total = [], 0
-    for n in padded:
-        starts.append(total)
-        total += n
-    device = indices_TK.device
-
-    def i64(values: list[int]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.int64, device=device)
-
-    first_E = torch.cumsum(counts_E, 0) - counts_E  # first sorted slot of each expert
-    if total == sum(counts):  # nothing padded
-        slot_P = order_S[:total]
-        valid_P = torch.ones(total, dtype=torch.bool, device=device)
-    else:
-        n_A = i64(counts)
-        start_A = i64(starts)
-        expert_P = torch.repeat_interleave(torch.arange(len(experts), device=device),
-                                           i64(padded))
-        local_P = torch.arange(total, device=device) - start_A[expert_P]
-        n_P = n_A[expert_P]
-        valid_P = local_P < n_P
-        first_A = first_E[i64(experts)] if experts else n_A
-        slot_P = order_S[first_A[expert_P] + torch.minimum(local_P, n_P - 1)]
-    rank_S = torch.empty_like(order_S).scatter_(0, order_S, torch.arange(T * K, device=device))
-    start_E = torch.zeros(E, dtype=torch.int64, device=device)
-    if experts:
-        start_E[i64(experts)] = i64(starts)
-    kept_S = key_S < E
-    key_c = key_S.clamp(max=E - 1)
-    row_S = torch.where(kept_S, rank_S - first_E[key_c] + start_E[key_c], total)
-    costs = [p + _EXPERT_OVERHEAD_ROWS for p in padded]
-    return RowPlan(experts=experts, counts=counts, starts=starts, padded=padded, slot_P=slot_P,
-                   valid_P=valid_P, row_TK=row_S.view(T, K),
-                   parts=deal(costs, max(1, min(workers, len(experts)))))
-
-
-# --------------------------------------------------------------------------- the two loops
-
-
-@dataclass(frozen=True, kw_only=True)
-class _Spec:
-    activation: str
-    layout: GateLayout
-    library: GemmLibrary
-    cpp: bool
-
-
-def _min_flop(spec: _Spec) -> int:
-    """The C++ loop's switch: oneDNN for GEMMs of at least this many FLOPs; -1 = never."""
-    return ONEDNN_MIN_FLOP if spec.library == "onednn" else -1
-
-
-def _in_place_or_copy(w_EXY: torch.Tensor) -> torch.Tensor:
-    """Detached weights with a unit stride in one of the last two dims (else a copy)."""
-    w = w_EXY.detach()
-    if 1 not in w.stride()[1:] and w.shape[1] > 1 and w.shape[2] > 1:
-        w = w.contiguous()
-    return w
-
-
-def _forward_python(x: torch.Tensor, tok_P: torch.Tensor, plan: RowPlan, w_in: torch.Tensor,
-                    w_down: torch.Tensor, b_in: torch.Tensor | None, b_down: torch.Tensor | None,
-                    spec: _Spec, save: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    lib, act, layout = spec.library, spec.activation, spec.layout
-    P, D = plan.rows, x.shape[1]
-    y_P = x.new_empty(P + 1, D)
-    y_P[P].zero_()
-    win_t = [w.t() for w in w_in.unbind(0)]  # (H, D) each: mm_nt's (N, K)
-    wd_t = [w.t() for w in w_down.unbind(0)]  # (D, F)
-    bi = list(b_in.unbind(0)) if b_in is not None else None
-    bd = list(b_down.unbind(0)) if b_down is not None else None
-    h: list[torch.Tensor] = [x] * len(plan.experts) if save else []
-
-    def work(p: int) -> None:
-        for i in plan.parts[p]:
-            e, p0, nb = plan.experts[i], plan.starts[i], plan.padded[i]
-            xe = x.index_select(0, tok_P[p0:p0 + nb])
-            he = mm_nt(xe, win_t[e], None if bi is None else bi[e], lib)
-            mm_nt_out(y_P[p0:p0 + nb], _hidden(he, act, layout), wd_t[e],
-                      None if bd is None else bd[e], lib)
-            if save:
-                h[i] = he
-
-    run_parts(work, len(plan.parts))
-    return y_P, h
-
-
-def _backward_python(g: torch.Tensor, x: torch.Tensor, tok_P: torch.Tensor, w_P: torch.Tensor,
-                     y_P: torch.Tensor, h: list[torch.Tensor], plan: RowPlan, w_in: torch.Tensor,
-                     w_down: torch.Tensor, needs: tuple[bool, ...], spec: _Spec,
-                     ) -> tuple[torch.Tensor | None, ...]:
-    need_x, need_w, need_win, need_wd, need_bin, need_bd = needs
-    lib, act, layout = spec.library, spec.activation, spec.layout
-    P, D = plan.rows, x.shape[1]
-    E, H, Fh = w_in.shape[0], w_in.shape[2], w_down.shape[1]
-    dx_P = x.new_empty(P + 1, D) if need_x else None
-    if dx_P is not None:
-        dx_P[P].zero_()
-    dw_P = w_P.new_zeros(P + 1) if need_w else None
-    inactive = torch.ones(E, dtype=torch.bool)
-    inactive[plan.experts] = False
-
-    def grad_buffer(*shape: int) -> torch.Tensor:
-        t = x.new_empty(*shape)
-        t[inactive] = 0  # active experts' slices are all written below
-        return t
-
-    dw_in = grad_buffer(E, D, H) if need_win else None
-    dw_down = grad_buffer(E, Fh, D) if need_wd else None
-    db_in = grad_buffer(E, H) if need_bin else None
-    db_down = grad_buffer(E, D) if need_bd else None
-    win = list(w_in.unbind(0))  # (D, H) each: mm_nt's (N, K) for dx = dh @ W_in^T
-    wd = list(w_down.unbind(0))  # (F, D): (N, K) for dA = gy @ W_down^T
-    need_dh = need_x or need_win or need_bin
-
-    def work(p: int) -> None:
-        for i in plan.parts[p]:
-            e, p0, nb, n = plan.experts[i], plan.starts[i], plan.padded[i], plan.counts[i]
-            toks = tok_P[p0:p0 + nb]
-            ge = g.index_select(0, toks)
-            if dw_P is not None:  # combine weight of a slot: g_t . y_e(x_t)
-                torch.sum(ge[:n] * y_P[p0:p0 + n], 1, out=dw_P[p0:p0 + n])
-            gy = ge * w_P[p0:p0 + nb, None]  # pad rows: weight 0
-            if db_down is not None:
-                torch.sum(gy, 0, out=db_down[e])
-            if not need_dh:
-                if dw_down is not None:
-                    mm_nt_out(dw_down[e], _hidden(h[i], act, layout).t(), gy.t(), None, lib)
-                continue
-            ae, dh = _hidden_and_grad(h[i], mm_nt(gy, wd[e], None, lib), act, layout,
-                                      dw_down is not None)
-            if dw_down is not None:
-                assert ae is not None
-                mm_nt_out(dw_down[e], ae.t(), gy.t(), None, lib)
-            if db_in is not None:
-                torch.sum(dh, 0, out=db_in[e])
-            if dw_in is not None:
-                mm_nt_out(dw_in[e], x.index_select(0, toks).t(), dh.t(), None, lib)
-            if dx_P is not None:
-                mm_nt_out(dx_P[p0:p0 + nb], dh, win[e], None, lib)
-
-    run_parts(work, len(plan.parts))
-    return dx_P, dw_P, dw_in, dw_down, db_in, db_down
+__all__ = ["CPU_ACTIVATIONS", "ONEDNN_ROW_BUCKET", "GateLayout", "RowPlan", "fused_moe_cpu",
+           "fused_moe_cpu_reason", "plan_rows"]
 
 
 # --------------------------------------------------------------------------- the op
@@ -332,16 +82,16 @@ class _FusedMoE(torch.autograd.Function):
         K = weights_TK.shape[1]
         x = x_TD.detach()
         tok_P = torch.div(plan.slot_P, K, rounding_mode="floor")
-        win, wdn = _in_place_or_copy(w_in), _in_place_or_copy(w_down)
+        win, wdn = in_place_or_copy(w_in), in_place_or_copy(w_down)
         bi = b_in.detach() if b_in is not None else None
         bd = b_down.detach() if b_down is not None else None
         save = any(ctx.needs_input_grad[:6])
         if spec.cpp:
             y_P, h = torch.ops.moekit_cpu.experts_forward(
                 x, tok_P, plan.experts, plan.starts, plan.padded, win, wdn, bi, bd,
-                spec.activation, spec.layout == "interleaved", _min_flop(spec), save)
+                spec.activation, spec.layout == "interleaved", min_flop(spec), save)
         else:
-            y_P, h = _forward_python(x, tok_P, plan, win, wdn, bi, bd, spec, save)
+            y_P, h = forward_python(x, tok_P, plan, win, wdn, bi, bd, spec, save)
         w_TK = weights_TK.detach().to(x.dtype)
         y_TD = F.embedding_bag(plan.row_TK, y_P, mode="sum", per_sample_weights=w_TK)
         if save:
@@ -359,14 +109,14 @@ class _FusedMoE(torch.autograd.Function):
         need[5] = need[5] and has_b_down
         g = g_TD.contiguous()  # an expanded gradient (from .sum()) has stride 0
         x = x_TD.detach()
-        win, wdn = _in_place_or_copy(w_in), _in_place_or_copy(w_down)
+        win, wdn = in_place_or_copy(w_in), in_place_or_copy(w_down)
         if spec.cpp:
             outs = torch.ops.moekit_cpu.experts_backward(
                 g, x, tok_P, w_P, y_P, h, plan.experts, plan.starts, plan.padded, plan.counts,
-                win, wdn, *need, spec.activation, spec.layout == "interleaved", _min_flop(spec))
+                win, wdn, *need, spec.activation, spec.layout == "interleaved", min_flop(spec))
             grads = [o if n else None for o, n in zip(outs, need)]
         else:
-            grads = list(_backward_python(g, x, tok_P, w_P, y_P, h, plan, win, wdn, tuple(need),
+            grads = list(backward_python(g, x, tok_P, w_P, y_P, h, plan, win, wdn, tuple(need),
                                           spec))
         dx_P, dw_P, dw_in, dw_down, db_in, db_down = grads
         dx = F.embedding_bag(plan.row_TK, dx_P, mode="sum") if dx_P is not None else None
@@ -474,7 +224,7 @@ def fused_moe_cpu(x_TD: torch.Tensor, indices_TK: torch.Tensor, weights_TK: torc
     D, Fh = w_down_EFD.shape[2], w_down_EFD.shape[1]
     plan = plan_rows(indices_TK, keep_TK, E, ONEDNN_ROW_BUCKET if library == "onednn" else 1,
                      torch.get_num_threads(), bucket_from=-(-ONEDNN_MIN_FLOP // (2 * D * Fh)))
-    spec = _Spec(activation=activation, layout=gate_layout, library=library, cpp=cpp)
+    spec = Spec(activation=activation, layout=gate_layout, library=library, cpp=cpp)
     y_TD: torch.Tensor = _FusedMoE.apply(x_TD, weights_TK, w_in_EDH, w_down_EFD, b_in_EH,
                                          b_down_ED, plan, spec)
     return y_TD

@@ -89,6 +89,17 @@ Tensor act_bwd(c10::string_view act, const Tensor& grad, const Tensor& t) {
   return at::threshold_backward(grad, t, 0);
 }
 
+// act'(t) * grad written into out (a strided view of the gradient of the pre-activation).
+void act_bwd_out(c10::string_view act, Tensor& out, const Tensor& grad, const Tensor& t) {
+  if (act == "swiglu" || act == "silu") {
+    at::silu_backward_out(out, grad, t);
+  } else if (act == "geglu" || act == "gelu") {
+    at::gelu_backward_out(out, grad, t);
+  } else {
+    at::threshold_backward_out(out, grad, t, 0);
+  }
+}
+
 std::pair<Tensor, Tensor> split(const Tensor& h, bool interleaved) {
   if (interleaved) {
     return {h.slice(1, 0, h.size(1), 2), h.slice(1, 1, h.size(1), 2)};
@@ -113,7 +124,7 @@ std::pair<Tensor, Tensor> hidden_and_grad(const Tensor& h, const Tensor& da, c10
   Tensor sg = act_fwd(act, gate);
   Tensor dh = at::empty_like(h);
   auto [dgate, dup] = split(dh, interleaved);
-  dgate.copy_(act_bwd(act, da * up, gate));
+  act_bwd_out(act, dgate, da * up, gate);
   at::mul_out(dup, da, sg);
   return {want_hidden ? sg * up : Tensor(), dh};
 }
