@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from moekit.kernels import available_backends, choose_backend, cpu_ext
 from moekit.kernels.cpu_gemm import _onednn_unusable, cpu_gemm_choice
-from moekit.kernels.cpu_moe import ONEDNN_ROW_BUCKET, fused_moe_cpu
-from moekit.kernels.cpu_plan import deal, plan_rows
+from moekit.kernels.cpu_moe import fused_moe_cpu
+from moekit.kernels.cpu_plan import bucketed, deal, plan_rows
 from moekit.kernels.cpu_threads import worker_team_sizes
 from moekit.layers import MoELayer
 from moekit.layers.reference import reference_moe_forward
@@ -225,15 +225,17 @@ def test_gradcheck_float64(loop):
     assert torch.autograd.gradcheck(f, (x, wts, w_in, w_down, b_in, b_down))
 
 
-def test_plan_buckets_rows_for_onednn_and_deals_experts_evenly():
+def test_plan_buckets_rows_and_deals_experts_evenly():
     g = torch.Generator().manual_seed(9)
     T, E, K = 200, 16, 4
     idx = torch.stack([torch.randperm(E, generator=g)[:K] for _ in range(T)])
     keep = torch.rand(T, K, generator=g) > 0.1
-    plan = plan_rows(idx, keep, E, ONEDNN_ROW_BUCKET, workers=2, bucket_from=48)
-    for p, n in zip(plan.padded, plan.counts):  # padded up from 48 rows, exact below
-        assert p == (-(-n // ONEDNN_ROW_BUCKET) * ONEDNN_ROW_BUCKET if p >= 48 else n)
+    plan = plan_rows(idx, keep, E, bucket=True, workers=2)
+    assert plan.padded == [bucketed(n) for n in plan.counts]
     assert any(p > n for p, n in zip(plan.padded, plan.counts))
+    sizes = [bucketed(n) for n in range(1, 2049)]
+    assert all(n <= b < n + max(1, n // 8) for n, b in zip(range(1, 2049), sizes))  # < 1/8 more
+    assert sizes[:15] == list(range(1, 16)) and len(set(sizes)) <= 100  # few distinct sizes
     assert int(plan.valid_P.sum()) == int(keep.sum()) == sum(plan.counts)
     kept_slots = plan.slot_P[plan.valid_P].sort().values
     assert torch.equal(kept_slots, keep.reshape(-1).nonzero().squeeze(1))

@@ -59,7 +59,8 @@ def available_backends(device: str | torch.device = "cpu",
     if cpu is not None:
         status["cpu"] = f"runs grouped_mm instead: {cpu}"
     else:
-        status["cpu"] = cpu_ext.status()  # None when the C++ loop is loaded
+        loop = cpu_ext.status()  # None when the C++ loop is loaded
+        status["cpu"] = None if loop is None else f"runs its per-expert loop in Python: {loop}"
     if importlib.util.find_spec("triton") is None:
         status["triton"] = "triton is not installed (pip install 'moekit[triton]')"
     else:

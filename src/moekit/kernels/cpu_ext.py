@@ -89,7 +89,7 @@ def _loaded() -> str | None:
         _log.info("building the CPU fast path's C++ loop (%s=1) in %s", BUILD_ENV, build_dir())
         return build()
     return (f"the optional C++ loop is not built (python -m moekit.kernels.cpu_ext, or "
-            f"{BUILD_ENV}=1; needs a C++ compiler); the Python loop runs")
+            f"{BUILD_ENV}=1; needs a C++ compiler)")
 
 
 def status() -> str | None:

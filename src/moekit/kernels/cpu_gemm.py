@@ -35,10 +35,13 @@ _log = logging.getLogger("moekit.kernels")
 GemmLibrary = Literal["onednn", "torch"]
 #: oneDNN must beat torch.mm by this factor to be chosen (it costs ~10 us more per call).
 ONEDNN_MIN_SPEEDUP = 1.15
-#: Below this many FLOPs a GEMM goes to torch.mm even when oneDNN is chosen: oneDNN's ~12 us of
-#: fixed cost per call (it builds a primitive descriptor each time) outweighs its faster kernel
-#: (measured: 16x128x96 takes 17 us on oneDNN, 6 us on torch.mm; 16x512x3584 613 vs 1072 us).
+#: Below this many FLOPs, or ONEDNN_MIN_ROWS rows, a GEMM goes to torch.mm even when oneDNN is
+#: chosen: oneDNN's ~12 us of fixed cost per call (it builds a primitive descriptor each time)
+#: outweighs its faster kernel, and a GEMV is bound by memory anyway (measured, 1 thread:
+#: 16x128x96 takes 17 us on oneDNN, 6 us on torch.mm; 16x512x3584 613 vs 1072 us; 1x1792x512
+#: 309 vs 197 us; 4x512x3584 481 vs 678 us).
 ONEDNN_MIN_FLOP = 2_000_000
+ONEDNN_MIN_ROWS = 4
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,7 +157,9 @@ def gemm_for(dtype: torch.dtype, requested: Literal["auto", "onednn", "torch"] =
 
 
 def _use_onednn(a_MK: torch.Tensor, b_NK: torch.Tensor, library: GemmLibrary) -> bool:
-    return library == "onednn" and 2 * a_MK.shape[0] * a_MK.shape[1] * b_NK.shape[0] >= ONEDNN_MIN_FLOP
+    M = a_MK.shape[0]
+    return (library == "onednn" and M >= ONEDNN_MIN_ROWS
+            and 2 * M * a_MK.shape[1] * b_NK.shape[0] >= ONEDNN_MIN_FLOP)
 
 
 def mm_nt(a_MK: torch.Tensor, b_NK: torch.Tensor, bias_N: torch.Tensor | None,

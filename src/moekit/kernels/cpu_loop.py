@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from moekit.kernels.cpu_gemm import ONEDNN_MIN_FLOP, GemmLibrary, mm_nt, mm_nt_out
+from moekit.kernels.cpu_gemm import ONEDNN_MIN_FLOP, ONEDNN_MIN_ROWS, GemmLibrary, mm_nt, mm_nt_out
 from moekit.kernels.cpu_plan import RowPlan
 from moekit.kernels.cpu_threads import run_parts
 
@@ -83,9 +83,9 @@ class Spec:
     cpp: bool
 
 
-def min_flop(spec: Spec) -> int:
-    """The C++ loop's switch: oneDNN for GEMMs of at least this many FLOPs; -1 = never."""
-    return ONEDNN_MIN_FLOP if spec.library == "onednn" else -1
+def onednn_limits(spec: Spec) -> tuple[int, int]:
+    """The C++ loop's switch: oneDNN for GEMMs of at least (FLOPs, rows); FLOPs -1 = never."""
+    return (ONEDNN_MIN_FLOP if spec.library == "onednn" else -1), ONEDNN_MIN_ROWS
 
 
 def in_place_or_copy(w_EXY: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 Legend: T tokens, D model dim, F expert hidden dim, H input projection width (2F for gated
 activations, else F), E experts, A active experts, K slots per token, S = T*K slots, P planned
-rows (the kept slots sorted by expert, each expert's block padded up to a multiple of ``bucket``).
+rows (the kept slots sorted by expert, each expert's block padded a little, see below).
 
 ``fused_moe_cpu(x_TD, indices_TK, weights_TK, keep_TK, w_in_EDH, w_down_EFD, ...)`` computes
 
@@ -22,11 +22,14 @@ backward (input, expert weights and biases, and the combine weights, so the rout
   **Combine** is then one ``embedding_bag`` (sum of each token's K rows times their weights;
   dropped slots point at the zero row). No atomics, and the result does not depend on the number
   of threads or on which thread ran which expert.
-- **Bucketed row counts**: with oneDNN each expert's block is padded to a multiple of 16 rows
-  (pad rows repeat one of the expert's tokens with weight 0, so they add nothing to any output or
+- **Bucketed row counts**: with oneDNN each expert's block is padded up to one of 8 sizes per
+  octave (:func:`~moekit.kernels.cpu_plan.bucketed`: under 1/8 more rows, none below 16; pad rows
+  repeat one of the expert's tokens with weight 0, so they add nothing to any output or
   gradient), which keeps oneDNN's primitive cache from thrashing when routing changes every step
-  (each distinct row count is a new primitive, ~0.3 ms to create). GEMMs too small to gain from
-  oneDNN (decode) run on ``torch.mm`` unpadded (:data:`~moekit.kernels.cpu_gemm.ONEDNN_MIN_FLOP`).
+  (each distinct row count is a new primitive, ~0.3 ms to create; measured at OLMoE-like sizes,
+  40 routings cycled, 1 thread: 88 ms per forward+backward bucketed, 100 ms not). GEMMs too small
+  to gain from oneDNN (decode) run on ``torch.mm``
+  (:data:`~moekit.kernels.cpu_gemm.ONEDNN_MIN_FLOP`).
 - **Backward** recomputes the activation from the saved pre-activation and re-gathers the input
   rows; per expert: the combine-weight gradient ``g_t . y_e(x_t)``, ``dW_down``, ``dA``, ``dH``,
   ``dW_in`` and the input rows' gradient (into a table, summed per token by ``embedding_bag``).
@@ -50,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from moekit.kernels import cpu_ext
-from moekit.kernels.cpu_gemm import ONEDNN_MIN_FLOP, gemm_for
+from moekit.kernels.cpu_gemm import gemm_for
 from moekit.kernels.cpu_loop import (
     GATED,
     GateLayout,
@@ -58,7 +61,7 @@ from moekit.kernels.cpu_loop import (
     backward_python,
     forward_python,
     in_place_or_copy,
-    min_flop,
+    onednn_limits,
 )
 from moekit.kernels.cpu_plan import RowPlan, plan_rows
 from moekit.kernels.grouped_mm import _autocast_dtype
@@ -66,10 +69,8 @@ from moekit.kernels.grouped_mm import _autocast_dtype
 GemmRequest = Literal["auto", "onednn", "torch"]
 LoopRequest = Literal["auto", "cpp", "python"]
 CPU_ACTIVATIONS: tuple[str, ...] = ("swiglu", "geglu", "gelu", "relu", "silu")
-#: Rows each expert's block is padded to a multiple of when its GEMMs run on oneDNN.
-ONEDNN_ROW_BUCKET = 16
 
-__all__ = ["CPU_ACTIVATIONS", "ONEDNN_ROW_BUCKET", "GateLayout", "RowPlan", "fused_moe_cpu",
+__all__ = ["CPU_ACTIVATIONS", "GateLayout", "RowPlan", "fused_moe_cpu",
            "fused_moe_cpu_reason", "plan_rows"]
 
 
@@ -89,7 +90,7 @@ class _FusedMoE(torch.autograd.Function):
         if spec.cpp:
             y_P, h = torch.ops.moekit_cpu.experts_forward(
                 x, tok_P, plan.experts, plan.starts, plan.padded, win, wdn, bi, bd,
-                spec.activation, spec.layout == "interleaved", min_flop(spec), save)
+                spec.activation, spec.layout == "interleaved", *onednn_limits(spec), save)
         else:
             y_P, h = forward_python(x, tok_P, plan, win, wdn, bi, bd, spec, save)
         w_TK = weights_TK.detach().to(x.dtype)
@@ -113,7 +114,7 @@ class _FusedMoE(torch.autograd.Function):
         if spec.cpp:
             outs = torch.ops.moekit_cpu.experts_backward(
                 g, x, tok_P, w_P, y_P, h, plan.experts, plan.starts, plan.padded, plan.counts,
-                win, wdn, *need, spec.activation, spec.layout == "interleaved", min_flop(spec))
+                win, wdn, *need, spec.activation, spec.layout == "interleaved", *onednn_limits(spec))
             grads = [o if n else None for o, n in zip(outs, need)]
         else:
             grads = list(backward_python(g, x, tok_P, w_P, y_P, h, plan, win, wdn, tuple(need),
@@ -221,9 +222,7 @@ def fused_moe_cpu(x_TD: torch.Tensor, indices_TK: torch.Tensor, weights_TK: torc
     library = gemm_for(x_TD.dtype, gemm)
     cpp = loop == "cpp" or (loop == "auto" and cpu_ext.status() is None)
     E = w_in_EDH.shape[0]
-    D, Fh = w_down_EFD.shape[2], w_down_EFD.shape[1]
-    plan = plan_rows(indices_TK, keep_TK, E, ONEDNN_ROW_BUCKET if library == "onednn" else 1,
-                     torch.get_num_threads(), bucket_from=-(-ONEDNN_MIN_FLOP // (2 * D * Fh)))
+    plan = plan_rows(indices_TK, keep_TK, E, library == "onednn", torch.get_num_threads())
     spec = Spec(activation=activation, layout=gate_layout, library=library, cpp=cpp)
     y_TD: torch.Tensor = _FusedMoE.apply(x_TD, weights_TK, w_in_EDH, w_down_EFD, b_in_EH,
                                          b_down_ED, plan, spec)

@@ -47,14 +47,21 @@ Tensor onednn_linear(const Tensor& a, const Tensor& b_NK, const std::optional<Te
   return stack[0].toTensor();
 }
 
-// GEMMs below min_flop go to at::mm even with oneDNN chosen (see ONEDNN_MIN_FLOP in cpu_gemm.py).
-bool use_onednn(const Tensor& a, const Tensor& b_NK, int64_t min_flop) {
-  return min_flop >= 0 && 2 * a.size(0) * a.size(1) * b_NK.size(0) >= min_flop;
+// When GEMMs go to oneDNN: min_flop FLOPs and min_rows rows at least, min_flop < 0 = never
+// (ONEDNN_MIN_FLOP and ONEDNN_MIN_ROWS in cpu_gemm.py).
+struct OneDNN {
+  int64_t min_flop;
+  int64_t min_rows;
+};
+
+bool use_onednn(const Tensor& a, const Tensor& b_NK, OneDNN o) {
+  return o.min_flop >= 0 && a.size(0) >= o.min_rows &&
+         2 * a.size(0) * a.size(1) * b_NK.size(0) >= o.min_flop;
 }
 
 // a_MK @ b_NK^T (+ bias) into out (M, N); onednn = min_flop >= 0.
 void mm_nt_out(const Tensor& out, const Tensor& a, const Tensor& b_NK,
-               const std::optional<Tensor>& bias, int64_t onednn) {
+               const std::optional<Tensor>& bias, OneDNN onednn) {
   if (use_onednn(a, b_NK, onednn)) {
     out.copy_(onednn_linear(a, b_NK, bias));
   } else if (bias.has_value()) {
@@ -64,7 +71,7 @@ void mm_nt_out(const Tensor& out, const Tensor& a, const Tensor& b_NK,
   }
 }
 
-Tensor mm_nt(const Tensor& a, const Tensor& b_NK, const std::optional<Tensor>& bias, int64_t onednn) {
+Tensor mm_nt(const Tensor& a, const Tensor& b_NK, const std::optional<Tensor>& bias, OneDNN onednn) {
   if (use_onednn(a, b_NK, onednn)) {
     return onednn_linear(a, b_NK, bias);
   }
@@ -170,7 +177,8 @@ std::tuple<Tensor, std::vector<Tensor>> experts_forward(
     const Tensor& x, const Tensor& tok_P, c10::IntArrayRef experts, c10::IntArrayRef starts,
     c10::IntArrayRef padded, const Tensor& w_in, const Tensor& w_down,
     const std::optional<Tensor>& b_in, const std::optional<Tensor>& b_down,
-    c10::string_view act, bool interleaved, int64_t onednn, bool save) {
+    c10::string_view act, bool interleaved, int64_t min_flop, int64_t min_rows, bool save) {
+  const OneDNN onednn{min_flop, min_rows};
   const int64_t P = tok_P.size(0), D = x.size(1);
   Tensor y_P = at::empty({P + 1, D}, x.options());
   y_P[P].zero_();
@@ -192,7 +200,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> experts_backward(
     at::TensorList h, c10::IntArrayRef experts, c10::IntArrayRef starts,
     c10::IntArrayRef padded, c10::IntArrayRef counts, const Tensor& w_in, const Tensor& w_down,
     bool need_x, bool need_w, bool need_win, bool need_wd, bool need_bin, bool need_bd,
-    c10::string_view act, bool interleaved, int64_t onednn) {
+    c10::string_view act, bool interleaved, int64_t min_flop, int64_t min_rows) {
+  const OneDNN onednn{min_flop, min_rows};
   const int64_t P = tok_P.size(0), D = x.size(1), E = w_in.size(0), H = w_in.size(2);
   const int64_t Fh = w_down.size(1);
   // Outputs not asked for come back empty (0 elements). Experts without rows get zero gradients.
@@ -244,11 +253,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> experts_backward(
 TORCH_LIBRARY(moekit_cpu, m) {
   m.def("experts_forward(Tensor x, Tensor tok_P, int[] experts, int[] starts, int[] padded, "
         "Tensor w_in, Tensor w_down, Tensor? b_in, Tensor? b_down, str act, bool interleaved, "
-        "int onednn_min_flop, bool save) -> (Tensor, Tensor[])");
+        "int onednn_min_flop, int onednn_min_rows, bool save) -> (Tensor, Tensor[])");
   m.def("experts_backward(Tensor g, Tensor x, Tensor tok_P, Tensor w_P, Tensor y_P, Tensor[] h, "
         "int[] experts, int[] starts, int[] padded, int[] counts, Tensor w_in, Tensor w_down, "
         "bool need_x, bool need_w, bool need_win, bool need_wd, bool need_bin, bool need_bd, "
-        "str act, bool interleaved, int onednn_min_flop) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+        "str act, bool interleaved, int onednn_min_flop, int onednn_min_rows) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(moekit_cpu, CPU, m) {
