@@ -88,6 +88,7 @@ class BenchConfig:
     decode_cold_bytes: int = DECODE_COLD_BYTES
     threads: int | None = 2
     seed: int = 0
+    clock: str = "wall"
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.shapes if s not in SHAPES]
@@ -105,6 +106,8 @@ class BenchConfig:
             raise ValueError(f"dtype={self.dtype!r} must be one of {list(DTYPES)}")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device={self.device!r} must be 'cpu' or 'cuda'")
+        if self.clock not in ("wall", "cpu"):
+            raise ValueError(f"clock={self.clock!r} must be 'wall' or 'cpu'")
         if any(t < 1 for t in self.decode_tokens):
             raise ValueError(f"decode_tokens={self.decode_tokens} must be >= 1 each")
 
@@ -431,7 +434,8 @@ def _decode(name: str, cfg: BenchConfig, device: Any, cases: list[Case], bandwid
 
         timing = interleave({c.name: step(copies[c.name]) for c in runnable}, device,
                             rounds=cfg.rounds, max_tries=cfg.max_tries, warmup=cfg.warmup)
-        per_step = {n: [t / n_copies for t in ts] for n, ts in timing.wall_ms.items()}
+        times = timing.wall_ms if cfg.clock == "wall" else timing.cpu_ms
+        per_step = {n: [t / n_copies for t in ts] for n, ts in times.items()}
         hf = [n for n in per_step if n.startswith("hf ")]
         best_hf = min(hf, key=lambda n: sorted(per_step[n])[len(per_step[n]) // 2]) if hf else None
         bytes_read = hit * 3 * D * F * elem
@@ -484,9 +488,9 @@ def run_timing(cfg: BenchConfig, log: Callable[[str], None]) -> dict[str, Any]:
         for f in fns.values():
             f[2]()
         hf = [c.name for c in runnable if c.kind == "transformers"]
-        best_hf = min(hf, key=lambda n: fb.median(n)) if hf else None
+        best_hf = min(hf, key=lambda n: fb.median(n, cfg.clock)) if hf else None
         dense_names = [n for n in ("dense (x @ w)", "dense (oneDNN)") if n in fns]
-        best_dense = min(dense_names, key=lambda n: fb.median(n))
+        best_dense = min(dense_names, key=lambda n: fb.median(n, cfg.clock))
         rows = []
         for c in cases:
             row: dict[str, Any] = {"name": c.name, "kind": c.kind, "skipped": c.skipped}
@@ -494,18 +498,21 @@ def run_timing(cfg: BenchConfig, log: Callable[[str], None]) -> dict[str, Any]:
                 out, ref = outs[c.name], outs.get(ref_name)
                 row.update({
                     "fwd_ms": fwd.wall_ms[c.name], "fwd_bwd_ms": fb.wall_ms[c.name],
-                    "fwd_bwd_cpu_ms": fb.cpu_ms[c.name],
-                    "ratio_vs_dense_mkl": ratio_stats(fb.wall_ms["dense (x @ w)"], fb.wall_ms[c.name]),
-                    "ratio_vs_dense_onednn": ratio_stats(fb.wall_ms.get("dense (oneDNN)", []),
-                                                         fb.wall_ms[c.name]),
-                    "ratio_vs_best_dense": ratio_stats(fb.wall_ms[best_dense], fb.wall_ms[c.name]),
-                    "ratio_vs_best_hf": ratio_stats(fb.wall_ms[best_hf], fb.wall_ms[c.name])
-                    if best_hf else None,
-                    "ratio_vs_dense_mkl_fwd": ratio_stats(fwd.wall_ms["dense (x @ w)"],
-                                                          fwd.wall_ms[c.name]),
+                    "fwd_cpu_ms": fwd.cpu_ms[c.name], "fwd_bwd_cpu_ms": fb.cpu_ms[c.name],
                     "max_abs_diff_vs_ref": (float((out.float() - ref.float()).abs().max())
                                             if c.kind != "dense" and ref is not None else None),
                 })
+                for clock, times in (("wall", fb.wall_ms), ("cpu", fb.cpu_ms)):
+                    sfx = "" if clock == "wall" else "_cpu"
+                    mine = times[c.name]
+                    row[f"ratio_vs_dense_mkl{sfx}"] = ratio_stats(times["dense (x @ w)"], mine)
+                    row[f"ratio_vs_dense_onednn{sfx}"] = ratio_stats(
+                        times.get("dense (oneDNN)", []), mine)
+                    row[f"ratio_vs_best_dense{sfx}"] = ratio_stats(times[best_dense], mine)
+                    row[f"ratio_vs_best_hf{sfx}"] = (ratio_stats(times[best_hf], mine)
+                                                     if best_hf else None)
+                row["ratio_vs_dense_mkl_fwd"] = ratio_stats(fwd.wall_ms["dense (x @ w)"],
+                                                            fwd.wall_ms[c.name])
             rows.append(row)
             msg = (f"  {c.name}: skipped ({c.skipped})" if c.skipped else
                    f"  {c.name}: fwd {fwd.median(c.name):.1f} ms, fwd+bwd {fb.median(c.name):.1f} ms")
@@ -565,24 +572,27 @@ def format_record(record: dict[str, Any]) -> str:
              f"({record['automatic_backend'][1]})"]
     if "read_bandwidth_gbs" in record:
         parts.append(f"read bandwidth measured in this run: {record['read_bandwidth_gbs']:.1f} GB/s")
+    sfx = "" if record["config"].get("clock", "wall") == "wall" else "_cpu"
     for shape in record["shapes"]:
         t = shape["timing_fwd_bwd"]
         title = (f"\n{shape['name']}-like: T={shape['tokens']} d={shape['d_model']} "
                  f"f={shape['d_ff']} E={shape['num_experts']} k={shape['top_k']} (full size / "
                  f"{shape['scale']}), {shape['active_gflop_fwd']:.1f} active GFLOP fwd; "
                  f"{t['rounds_kept']} rounds kept of {t['rounds_tried']} tried (fwd+bwd)")
+        on = "" if not sfx else " (CPU)"
         header = ["implementation", "fwd ms", "fwd+bwd ms", "f+b CPU ms", "peak MiB",
-                  "MKL dense/x", "oneDNN dense/x", "best HF/x", f"max|x-{shape['reference']}|"]
+                  f"MKL dense/x{on}", f"oneDNN dense/x{on}", f"best HF/x{on}",
+                  f"max|x-{shape['reference']}|"]
         rows, skipped = [], []
         for r in shape["rows"]:
             if r["skipped"]:
                 skipped.append(f"  {r['name']}: skipped, {r['skipped']}")
                 continue
             rows.append([r["name"], _ms(r["fwd_ms"]), _ms(r["fwd_bwd_ms"]), _ms(r["fwd_bwd_cpu_ms"]),
-                         _num(r.get("peak_mib"), ".0f"), _ratio(r["ratio_vs_dense_mkl"]),
-                         _ratio(r["ratio_vs_dense_onednn"]), _ratio(r["ratio_vs_best_hf"]),
+                         _num(r.get("peak_mib"), ".0f"), _ratio(r[f"ratio_vs_dense_mkl{sfx}"]),
+                         _ratio(r[f"ratio_vs_dense_onednn{sfx}"]), _ratio(r[f"ratio_vs_best_hf{sfx}"]),
                          _num(r.get("max_abs_diff_vs_ref"), ".1e")])
-        notes = skipped + [f"  note: {n}" for n in shape.get("notes", [])] + _goals(shape)
+        notes = skipped + [f"  note: {n}" for n in shape.get("notes", [])] + _goals(shape, sfx)
         parts.append(format_table(title, header, rows, "\n".join(notes)))
         if shape.get("decode"):
             dh = ["decode", "T", "ms/step", "experts hit", "% of read BW", "best HF/x"]
@@ -590,25 +600,28 @@ def format_record(record: dict[str, Any]) -> str:
                       f"{d['ms_per_step']:.2f} [{d['ms_min']:.2f}-{d['ms_max']:.2f}]",
                       str(d["experts_hit"]), f"{100 * d['bandwidth_fraction']:.0f}",
                       _ratio(d["ratio_vs_best_hf"])] for d in shape["decode"]]
-            parts.append(format_table(f"{shape['name']}-like decode (forward, cold weights)", dh,
-                                      drows))
+            parts.append(format_table(f"{shape['name']}-like decode (forward, cold weights, "
+                                      f"{'CPU' if sfx else 'wall'} time)", dh, drows))
     note = record.get("memory_method") or "peak memory not measured"
     if record.get("memory_not_measured"):
         note += f" (not measured: {record['memory_not_measured']})"
-    parts.append("\nratios: time of the baseline / time of the row, fwd+bwd, per round; median "
-                 "[min-max] over rounds; > 1 means the row is faster.\n" + note)
+    clock = "CPU time (all threads)" if sfx else "wall time"
+    parts.append(f"\nratios: {clock} of the baseline / {clock} of the row, fwd+bwd, per round; "
+                 "median [min-max] over rounds; > 1 means the row is faster.\n" + note)
     return "\n".join(parts)
 
 
-def _goals(shape: dict[str, Any]) -> list[str]:
+def _goals(shape: dict[str, Any], sfx: str) -> list[str]:
     moekit = [r for r in shape["rows"] if r["kind"] == "moekit" and not r["skipped"]]
     if not moekit:
         return []
-    best = max(moekit, key=lambda r: r["ratio_vs_best_dense"]["median"])
-    out = [f"  goal (issue 12): {best['name']} vs {shape['best_dense']} (the faster dense) "
-           f"{best['ratio_vs_best_dense']['median']:.2f}, goal {DENSE_GOALS[shape['name']]}"]
-    if best["ratio_vs_best_hf"]:
-        out[0] += (f"; vs {shape['best_hf']} {best['ratio_vs_best_hf']['median']:.2f}, "
+    best = max(moekit, key=lambda r: r[f"ratio_vs_best_dense{sfx}"]["median"])
+    clock = "CPU time" if sfx else "wall time"
+    out = [f"  goal (issue 12, {clock}): {best['name']} vs {shape['best_dense']} (the faster "
+           f"dense) {best[f'ratio_vs_best_dense{sfx}']['median']:.2f}, goal "
+           f"{DENSE_GOALS[shape['name']]}"]
+    if best[f"ratio_vs_best_hf{sfx}"]:
+        out[0] += (f"; vs {shape['best_hf']} {best[f'ratio_vs_best_hf{sfx}']['median']:.2f}, "
                    f"goal {HF_GOAL}")
     return out
 
@@ -636,6 +649,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dtype of weights and inputs (default: float32 on CPU, bfloat16 on CUDA)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads, ignored on CUDA (default: 2; 1 with --quick)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="clock of the ratio columns: wall time (default; what counts on an "
+                             "idle machine) or CPU time of all threads (moves less on a busy "
+                             "machine, but counts work, not speed; use with --threads 1)")
     parser.add_argument("--balanced", action="store_true",
                         help="force round-robin top-k routing (every expert gets T*k/E slots)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory child")
@@ -673,7 +690,7 @@ def resolve(args: argparse.Namespace) -> BenchConfig:
         balanced=args.balanced, memory=not args.no_memory,
         decode_tokens=() if args.no_decode else ((1, 8) if args.quick else (1, 8, 64)),
         decode_cold_bytes=16 * 2**20 if args.quick else DECODE_COLD_BYTES,
-        threads=pick(args.threads, 1, 2, 2), seed=args.seed)
+        threads=pick(args.threads, 1, 2, 2), seed=args.seed, clock=args.clock)
 
 
 def main(argv: list[str] | None = None) -> int:
