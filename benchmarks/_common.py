@@ -25,12 +25,42 @@ from typing import Any
 import torch
 
 __all__ = ["Timing", "busy_seconds", "cpu_peak_reason", "environment", "format_table",
-           "interleave", "peak_mib", "ratio_stats", "synchronize", "write_json"]
+           "interleave", "peak_mib", "ratio_stats", "synchronize", "time_ms", "write_json"]
 
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, *, repeats: int, warmup: int,
+            setup: Callable[[], None] | None = None) -> float:
+    """Median wall time of ``fn()`` in milliseconds; ``setup()`` runs untimed before each call.
+
+    CUDA: CUDA events after a synchronize; CPU: ``perf_counter``. (No contention guard: see
+    :func:`interleave` for that.)
+    """
+    for _ in range(warmup):
+        if setup is not None:
+            setup()
+        fn()
+    synchronize(device)
+    times: list[float] = []
+    for _ in range(repeats):
+        if setup is not None:
+            setup()
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
 
 
 def busy_seconds() -> float | None:

@@ -9,7 +9,8 @@ E experts, K experts per token):
   (MKL on x86 wheels);
 - ``dense (oneDNN)`` (CPU, float32): the same FFN with every GEMM on oneDNN
   (``torch.ops.mkldnn._linear_pointwise``), which runs AVX-512 where MKL may not;
-- ``moekit grouped_mm`` and ``moekit cpu``: ``from_transformers(block, backend=...)``;
+- ``moekit <backend>`` for each backend but ``loop`` (``grouped_mm``, ``cpu`` on CPU, ``triton``
+  on CUDA): ``from_transformers(block)`` with the backend set, weights shared;
 - ``hf eager``, ``hf grouped_mm``, ``hf batched_mm`` (CUDA: also the hub kernels): transformers'
   ``MixtralSparseMoeBlock`` built with ``MixtralConfig(experts_implementation=...)``, weights shared.
 
@@ -62,7 +63,6 @@ DENSE_GOALS = {"mixtral": 0.95, "olmoe": 0.9, "qwen3": 0.8}
 HF_GOAL = 1.5
 HF_IMPLS_CPU: tuple[str, ...] = ("eager", "grouped_mm", "batched_mm")
 HF_IMPLS_CUDA: tuple[str, ...] = HF_IMPLS_CPU + ("deepgemm", "sonicmoe")
-MOEKIT_BACKENDS: tuple[str, ...] = ("grouped_mm", "cpu")
 DTYPES = ("float32", "bfloat16", "float16")
 TIMING_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "68719476736",
               "GOMP_SPINCOUNT": "10000", "PYTHONUNBUFFERED": "1"}
@@ -230,7 +230,9 @@ def build_cases(name: str, cfg: BenchConfig, device: Any) -> tuple[list[Case], A
 
     from moekit.kernels import cpu_backend_reason
     from moekit.kernels.cpu_gemm import _onednn_unusable
+    from moekit.kernels.moe_triton import triton_status
     from moekit.layers import MoELayer
+    from moekit.layers.config import BACKEND_NAMES
 
     D, F, E, K = scaled_shape(name, cfg.scale)
     dtype, T = getattr(torch, cfg.dtype), cfg.tokens
@@ -261,15 +263,20 @@ def build_cases(name: str, cfg: BenchConfig, device: Any) -> tuple[list[Case], A
         if cfg.balanced:
             balanced_routing_(x_TD, source.router.weight.data, K)
     layers = {}
-    for b in MOEKIT_BACKENDS:  # same config, weights shared with `source`
+    for b in (b for b in BACKEND_NAMES if b != "loop"):  # same config, weights shared with `source`
         layers[b] = MoELayer.from_config(dataclasses.replace(
             source.config, dispatch=dataclasses.replace(source.config.dispatch, backend=b)))
         layers[b].load_state_dict(source.state_dict(), assign=True)
         layers[b].train(source.training)
     for b, layer in layers.items():
-        skip = cpu_backend_reason(device.type, dtype) if b == "cpu" else None
-        cases.append(Case(f"moekit {b}", "moekit", layer,
-                          skipped=f"runs grouped_mm here: {skip}" if skip else None))
+        skip = None
+        if b == "cpu" and cpu_backend_reason(device.type, dtype):
+            skip = f"runs grouped_mm here: {cpu_backend_reason(device.type, dtype)}"
+        elif b == "triton" and device.type != "cuda":
+            skip = "off CUDA only Triton's interpreter runs it: a test tool, not a speed"
+        elif b == "triton" and triton_status(device, dtype):
+            skip = f"runs grouped_mm here: {triton_status(device, dtype)}"
+        cases.append(Case(f"moekit {b}", "moekit", layer, skipped=skip))
     elem = torch.finfo(dtype).bits // 8
     for impl in impls:
         case = Case(f"hf {impl}", "transformers", None if no_hf else blocks[impl], skipped=no_hf)
@@ -680,7 +687,7 @@ def resolve(args: argparse.Namespace) -> BenchConfig:
             return value
         return quick if args.quick else (gpu if cuda else cpu)
 
-    rounds = pick(args.rounds, 2, 5, 10)
+    rounds = pick(args.rounds, 2, 5, 5)
     return BenchConfig(
         shapes=tuple(s.strip() for s in args.shapes.split(",") if s.strip()),
         scale=pick(args.scale, 16, 8, 1), tokens=pick(args.tokens, 32, 2048, 2048),

@@ -1,6 +1,7 @@
 """Optional fast paths for the MoE layers, looked up by name.
 
-Backends share one contract (see :mod:`moekit.layers.dispatch`):
+Backends share one signature (see :mod:`moekit.layers.dispatch`, whose ``BACKEND_NAMES`` is the
+list of names):
 
 - ``loop``: the readable reference; one expert at a time. Always available.
 - ``grouped_mm``: tokens sorted by expert on the device, experts run as grouped matmuls
@@ -9,6 +10,10 @@ Backends share one contract (see :mod:`moekit.layers.dispatch`):
   expert, one expert per thread, GEMMs on the library this CPU runs best (oneDNN or torch's
   BLAS, probed), the per-expert loop in C++ when its optional extension is built
   (:mod:`moekit.kernels.cpu_ext`). On other devices and dtypes it runs ``grouped_mm``.
+- ``triton``: :mod:`moekit.kernels.moe_triton`, the expert FFN fused into Triton kernels (gather
+  in the first GEMM, routing weight in the second's epilogue, deterministic combine). CUDA only
+  (on CPU, Triton's interpreter runs it for tests); chosen by name only, never automatically, until
+  a GPU benchmark shows it ahead of ``grouped_mm``.
 
 :func:`available_backends` says which run here and, for those that don't (or run degraded), why;
 :func:`choose_backend` is the automatic choice (``backend=None``) and its reason.
@@ -16,9 +21,9 @@ Backends share one contract (see :mod:`moekit.layers.dispatch`):
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-import logging
+from moekit._deps import require
+
+require("torch", feature="moekit.kernels")
 
 import torch
 
@@ -26,13 +31,10 @@ from moekit.kernels import cpu_ext
 from moekit.kernels.cpu_gemm import cpu_gemm_choice
 from moekit.kernels.cpu_moe import fused_moe_cpu, fused_moe_cpu_reason
 from moekit.kernels.grouped_mm import grouped_mm, grouped_mm_status
+from moekit.kernels.moe_triton.config import triton_status
 
-BACKENDS: tuple[str, ...] = ("loop", "grouped_mm", "cpu")
-
-__all__ = ["BACKENDS", "available_backends", "choose_backend", "cpu_backend_reason",
-           "fused_moe_cpu", "grouped_mm", "grouped_mm_status", "log_fallback_once"]
-
-_log = logging.getLogger("moekit.kernels")
+__all__ = ["available_backends", "choose_backend", "cpu_backend_reason", "fused_moe_cpu",
+           "grouped_mm", "grouped_mm_status"]
 
 
 def cpu_backend_reason(device: str | torch.device = "cpu",
@@ -45,6 +47,10 @@ def cpu_backend_reason(device: str | torch.device = "cpu",
 def available_backends(device: str | torch.device = "cpu",
                        dtype: torch.dtype = torch.float32) -> dict[str, str | None]:
     """Map each backend name to None (runs natively here) or the reason it does not / runs degraded.
+
+    ``cpu`` is None where its fused path runs with the C++ per-expert loop; ``triton`` is never
+    None: it says whether it runs here when named, and that it is not chosen automatically (its
+    speed against ``grouped_mm`` has not been measured on a GPU yet).
 
     Examples
     --------
@@ -61,11 +67,19 @@ def available_backends(device: str | torch.device = "cpu",
     else:
         loop = cpu_ext.status()  # None when the C++ loop is loaded
         status["cpu"] = None if loop is None else f"runs its per-expert loop in Python: {loop}"
-    if importlib.util.find_spec("triton") is None:
-        status["triton"] = "triton is not installed (pip install 'moekit[triton]')"
-    else:
-        status["triton"] = "moekit has no Triton kernels yet; grouped_mm is used"
+    status["triton"] = _triton_reason(torch.device(device), dtype)
     return status
+
+
+def _triton_reason(device: torch.device, dtype: torch.dtype) -> str:
+    """The ``triton`` entry: never None while no GPU run has shown it ahead of grouped_mm."""
+    reason = triton_status(device, dtype)
+    if reason is not None:
+        return f"falls back to grouped_mm: {reason}"
+    if device.type == "cpu":
+        return "runs under Triton's interpreter (TRITON_INTERPRET=1): exact but very slow; for tests"
+    return ("runs when named (backend='triton'); not chosen automatically: its speed against "
+            "grouped_mm is unmeasured (benchmarks/bench_triton.py)")
 
 
 def choose_backend(device: str | torch.device = "cpu",
@@ -91,9 +105,3 @@ def choose_backend(device: str | torch.device = "cpu",
     if gemm.library != "onednn":
         return "grouped_mm", f"the CPU fast path's GEMMs would not be faster here ({gemm.reason})"
     return "cpu", f"fused CPU path with oneDNN GEMMs ({gemm.reason})"
-
-
-@functools.cache
-def log_fallback_once(backend: str, reason: str) -> None:
-    """Log (once per backend and reason) that ``backend`` ran another path, and why."""
-    _log.info("backend %r falls back: %s", backend, reason)

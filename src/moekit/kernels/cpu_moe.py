@@ -10,7 +10,7 @@ rows (the kept slots sorted by expert, each expert's block padded a little, see 
 
 (the meaning of dispatch -> experts -> combine in :mod:`moekit.layers.dispatch`), forward and
 backward (input, expert weights and biases, and the combine weights, so the router trains). How
-(after ``cpu_performance.md`` of the project's research notes, measured on an AVX-512 CPU):
+(after the project's research notes on CPU performance, measured on an AVX-512 CPU):
 
 - **GEMMs** on the library this CPU runs best (:mod:`moekit.kernels.cpu_gemm`: oneDNN or
   ``torch.mm``, chosen by a timed probe).
@@ -178,7 +178,6 @@ def _check(x_TD: torch.Tensor, indices_TK: torch.Tensor, weights_TK: torch.Tenso
         raise ValueError(f"keep_TK {tuple(keep_TK.shape)} must be None or (T, K) like indices_TK")
 
 
-@torch.compiler.disable
 def fused_moe_cpu(x_TD: torch.Tensor, indices_TK: torch.Tensor, weights_TK: torch.Tensor,
                   keep_TK: torch.Tensor | None, w_in_EDH: torch.Tensor, w_down_EFD: torch.Tensor,
                   b_in_EH: torch.Tensor | None = None, b_down_ED: torch.Tensor | None = None, *,
@@ -213,6 +212,18 @@ def fused_moe_cpu(x_TD: torch.Tensor, indices_TK: torch.Tensor, weights_TK: torc
     >>> fused_moe_cpu(x, idx, wts, None, w_in, w_down).shape
     torch.Size([6, 8])
     """
+    args = (x_TD, indices_TK, weights_TK, keep_TK, w_in_EDH, w_down_EFD, b_in_EH, b_down_ED,
+            activation, gate_layout, gemm, loop)
+    if torch.compiler.is_compiling():  # host syncs and threads inside: run it outside the graph
+        # (disable() imports torch._dynamo, and with it Triton: so only while compiling)
+        return torch.compiler.disable(_fused_moe_cpu)(*args)
+    return _fused_moe_cpu(*args)
+
+
+def _fused_moe_cpu(x_TD: torch.Tensor, indices_TK: torch.Tensor, weights_TK: torch.Tensor,
+                   keep_TK: torch.Tensor | None, w_in_EDH: torch.Tensor, w_down_EFD: torch.Tensor,
+                   b_in_EH: torch.Tensor | None, b_down_ED: torch.Tensor | None, activation: str,
+                   gate_layout: GateLayout, gemm: GemmRequest, loop: LoopRequest) -> torch.Tensor:
     _check(x_TD, indices_TK, weights_TK, keep_TK, w_in_EDH, w_down_EFD, (b_in_EH, b_down_ED),
            activation, gate_layout)
     if loop not in get_args(LoopRequest):

@@ -16,7 +16,8 @@ Rows of expert e are ``x_RD[n_0 + ... + n_{e-1} : n_0 + ... + n_e]``; rows past 
 dispatchers hold no learnable state (they are not ``nn.Module``\\ s). ``dispatcher(x_TD, routing,
 keep_TK, experts)`` runs the three steps; a fused implementation may override that call, never
 the meaning. Expert parallelism (:mod:`moekit.parallel`) is another dispatcher with the same two
-methods, wrapping a local one around its all-to-alls.
+methods, wrapping a local one around its all-to-alls; :meth:`Dispatcher.with_local` keeps it in
+place when the layer's backend changes, and :attr:`Dispatcher.comm` reports its traffic.
 
 Implementations:
 
@@ -28,6 +29,12 @@ Implementations:
 - :class:`FusedCPUDispatcher` (``backend="cpu"``): overrides the call to run dispatch, experts and
   combine as one fused CPU op (:func:`moekit.kernels.fused_moe_cpu`); where that cannot run (other
   devices, dtypes, experts) it runs :class:`SortedDispatcher`'s three steps, and logs why once.
+- :class:`TritonDispatcher` (``backend="triton"``, by name only): a fused call, dispatch + experts
+  + combine in :func:`moekit.kernels.moe_triton.moe_ffn_triton` (the gather inside the first GEMM,
+  the routing weight and the combine inside the second's epilogue and a deterministic sum). Its
+  :meth:`~Dispatcher.dispatch` and :meth:`~Dispatcher.combine` are the sorted dispatcher's. Where
+  the kernels cannot run (no CUDA GPU, no triton, float64, :class:`ModuleExperts`) the call falls
+  back to the sorted path and logs why once; :func:`moekit.kernels.available_backends` says so too.
 
 Capacity (token choice): ``C = ceil(capacity_factor * T * K / E)``. With ``drop_policy="position"``
 an expert keeps slots in GShard/Switch priority order: every token's first choice before any
@@ -38,13 +45,16 @@ slots survive; the dispatcher receives the result as ``keep_TK`` (None = every s
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from moekit.kernels import fused_moe_cpu, fused_moe_cpu_reason, log_fallback_once
+from moekit.kernels import fused_moe_cpu, fused_moe_cpu_reason
+from moekit.kernels.moe_triton import moe_ffn_triton, triton_status
 from moekit.kernels.ops import gather_rows, sum_rows
 from moekit.layers._checks import count_values, router_dtype
 from moekit.layers.config import DropPolicy
@@ -53,6 +63,7 @@ from moekit.layers.routing import Routing
 
 if TYPE_CHECKING:
     from moekit.layers.experts import Experts
+    from moekit.layers.stats import CommStats
 
 
 def capacity(num_tokens: int, top_k: int, num_experts: int, capacity_factor: float | None) -> int | None:
@@ -151,6 +162,20 @@ class Dispatcher:
         y_RD = experts(x_RD, tokens_per_expert_E, full=meta.full)
         return self.combine(y_RD, meta)
 
+    def with_local(self, local: Dispatcher) -> Dispatcher:
+        """The dispatcher to use once the layer's local backend becomes ``local``.
+
+        A local dispatcher is simply replaced; an outer one (expert parallelism) returns itself
+        rebuilt around ``local``, so switching ``layer.backend`` never drops it.
+        """
+        return local
+
+    @property
+    def comm(self) -> CommStats | None:
+        """Communication of the last call (:class:`~moekit.layers.stats.CommStats`); None for a
+        dispatcher that moves no tokens between processes."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -230,6 +255,19 @@ class LoopDispatcher(Dispatcher):
         return y_TD.to(meta.out_dtype)
 
 
+_log = logging.getLogger("moekit.kernels")
+
+
+@functools.cache
+def _log_cpu_fallback(reason: str) -> None:
+    _log.info("backend='cpu' runs the sorted grouped_mm path: %s", reason)
+
+
+@functools.cache
+def _log_triton_fallback(reason: str) -> None:
+    _log.warning("backend='triton' falls back to the sorted grouped_mm path: %s", reason)
+
+
 class FusedCPUDispatcher(SortedDispatcher):
     """Dispatch, experts and combine fused on CPU (``backend="cpu"``); see :mod:`moekit.kernels`.
 
@@ -243,11 +281,11 @@ class FusedCPUDispatcher(SortedDispatcher):
     def __call__(self, x_TD: torch.Tensor, routing: Routing, keep_TK: torch.Tensor | None,
                  experts: Experts, capacity: int | None = None) -> torch.Tensor:
         if not isinstance(experts, GroupedExperts):
-            log_fallback_once(self.name, f"{type(experts).__name__} are not grouped FFN experts")
+            _log_cpu_fallback(f"{type(experts).__name__} are not grouped FFN experts")
             return super().__call__(x_TD, routing, keep_TK, experts, capacity)
         reason = fused_moe_cpu_reason(x_TD.device, x_TD.dtype, experts.activation)
         if reason is not None:
-            log_fallback_once(self.name, reason)
+            _log_cpu_fallback(reason)
             return super().__call__(x_TD, routing, keep_TK, experts, capacity)
         y_TD = fused_moe_cpu(x_TD, routing.indices_TK, routing.weights_TK, keep_TK,
                              experts.w_in, experts.w_down, experts.b_in, experts.b_down,
@@ -255,10 +293,33 @@ class FusedCPUDispatcher(SortedDispatcher):
         return y_TD
 
 
+class TritonDispatcher(SortedDispatcher):
+    """The sorted dispatcher whose call runs dispatch, experts and combine as Triton kernels.
+
+    Same meaning as :class:`SortedDispatcher` (kept slots only, weights and sum in float32,
+    deterministic); different rounding order. Falls back to the sorted path where the kernels
+    cannot run (see the module docstring).
+    """
+
+    name: ClassVar[str] = "triton"
+
+    def __call__(self, x_TD: torch.Tensor, routing: Routing, keep_TK: torch.Tensor | None,
+                 experts: Experts, capacity: int | None = None) -> torch.Tensor:
+        from moekit.layers.experts import GroupedExperts
+
+        reason = triton_status(x_TD.device, x_TD.dtype)
+        if reason is None and isinstance(experts, GroupedExperts):
+            return moe_ffn_triton(x_TD, routing.indices_TK, routing.weights_TK, keep_TK, experts.w_in,
+                                  experts.b_in, experts.w_down, experts.b_down, experts.activation)
+        _log_triton_fallback(reason or f"the experts are a {type(experts).__name__}; the kernels "
+                             "run GroupedExperts")
+        return super().__call__(x_TD, routing, keep_TK, experts, capacity)
+
+
 _DISPATCHERS: dict[str, type[Dispatcher]] = {"loop": LoopDispatcher, "grouped_mm": SortedDispatcher,
-                                             "cpu": FusedCPUDispatcher}
+                                             "cpu": FusedCPUDispatcher, "triton": TritonDispatcher}
 
 
 def make_dispatcher(backend: str) -> Dispatcher:
-    """The dispatcher of a backend name (``"loop"``, ``"grouped_mm"`` or ``"cpu"``)."""
+    """The dispatcher of a backend name (``"loop"``, ``"grouped_mm"``, ``"cpu"`` or ``"triton"``)."""
     return _DISPATCHERS[backend]()
