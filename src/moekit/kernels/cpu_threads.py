@@ -17,6 +17,7 @@ the environment before torch is imported avoids it (the benchmarks set it).
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -64,8 +65,13 @@ class _Workers:
 
 
 @functools.cache
-def _workers(extra: int) -> _Workers:
+def _pool(extra: int, pid: int) -> _Workers:
     return _Workers(extra)
+
+
+def _workers(extra: int) -> _Workers:
+    """The pool of this process (a forked child gets its own: the parent's threads are not there)."""
+    return _pool(extra, os.getpid())
 
 
 def run_parts(work: Callable[[int], None], parts: int) -> None:
