@@ -245,3 +245,16 @@ def test_patched_layers_run_with_moekits_reference_backend() -> None:
     mt.patch(model, backend="loop")
     assert all(m.backend == "loop" for m in model.modules() if isinstance(m, MoELayer))
     assert_same(ref, run(model, ids))
+
+
+@pytest.mark.parametrize("backend", ["cpu", None])
+def test_fused_cpu_backend_falls_back_for_transformers_layouts(backend: str | None) -> None:
+    """The fused CPU path reads moekit's own layout: adopted tensors take the grouped matmuls."""
+    model = tiny_model("gpt_oss")  # interleaved, transposed, biased, clamped SwiGLU
+    ids = ids_for(11)
+    ref = run(model, ids)
+    mt.patch(model, backend=backend)  # type: ignore[arg-type]
+    layers = [m for m in model.modules() if isinstance(m, mt.TransformersMoE)]
+    assert all(not m.experts.native for m in layers)
+    assert all(m.backend == ("cpu" if backend == "cpu" else "grouped_mm") for m in layers)
+    assert_same(ref, run(model, ids))

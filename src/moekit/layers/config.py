@@ -29,7 +29,7 @@ from moekit.layers.activations import PLAIN_GLU, GluOptions
 from moekit.layers.experts import ACTIVATIONS, Activation
 from moekit.layers.routing import RouterConfig, RouterKind
 
-Backend = Literal["loop", "grouped_mm", "triton"]
+Backend = Literal["loop", "grouped_mm", "cpu", "triton"]
 BACKEND_NAMES: tuple[str, ...] = get_args(Backend)
 DropPolicy = Literal["position", "score"]
 DROP_POLICIES: tuple[str, ...] = get_args(DropPolicy)
@@ -93,8 +93,10 @@ class DispatchConfig:
         at most ``C = ceil(capacity_factor * T * K / E)`` slots and drops the rest.
     drop_policy : which slots an over-full expert keeps: ``"position"`` (every token's first
         choice before any second choice, earlier tokens first) or ``"score"`` (largest weights).
-    backend : None (automatic: ``"grouped_mm"``), ``"loop"`` (the readable reference),
-        ``"grouped_mm"`` or ``"triton"`` (fused Triton kernels on CUDA; never chosen automatically).
+    backend : None (automatic: :func:`moekit.kernels.choose_backend`, ``"cpu"`` or
+        ``"grouped_mm"``), ``"loop"`` (the readable reference), ``"grouped_mm"``, ``"cpu"`` (the
+        fused CPU path; other devices run ``grouped_mm``) or ``"triton"`` (fused Triton kernels
+        on CUDA; never chosen automatically).
     apply_weights : where the combine weights act: on the experts' outputs (``"output"``,
         ``sum_k w_k * expert_k(x)``) or on their inputs (``"input"``, ``sum_k expert_k(w_k * x)``:
         Llama 4).

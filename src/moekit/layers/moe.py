@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from moekit.kernels import choose_backend
 from moekit.layers._checks import check_choice, check_dtype_matches, check_input
 from moekit.layers.config import (
     BACKEND_NAMES,
@@ -71,9 +72,11 @@ class MoELayer(nn.Module):
     aux_loss_weight : weight of the balancing loss; None = 0.01, or 0 for the routers that
         balance without it (``sigmoid_bias``, ``expert_choice``).
     z_loss_weight : weight of the router z-loss.
-    backend : None (automatic: ``"grouped_mm"`` for grouped experts), ``"loop"`` (the readable
-        reference), ``"grouped_mm"`` or ``"triton"`` (fused Triton kernels on a CUDA GPU, by name
-        only; elsewhere it falls back to ``"grouped_mm"`` and logs why); assign
+    backend : None (automatic: :func:`moekit.kernels.choose_backend` for grouped experts, else
+        ``"loop"``), ``"loop"`` (the readable reference), ``"grouped_mm"``, ``"cpu"`` (the fused
+        CPU path; other devices and dtypes run ``grouped_mm``) or ``"triton"`` (fused Triton
+        kernels on a CUDA GPU, by name only; elsewhere it falls back to ``"grouped_mm"`` and logs
+        why); assign
         ``layer.backend = name`` to switch later (same weights).
     experts : optional list of modules to use as experts instead of grouped FFNs (any
         architecture, mapping (R, D) -> (R, D)); runs with the ``loop`` backend.
@@ -119,7 +122,7 @@ class MoELayer(nn.Module):
                 f"experts has {len(experts)} modules but num_experts={num_experts}; "
                 f"pass num_experts={len(experts)}"
             )
-        if experts is not None and backend in ("grouped_mm", "triton"):
+        if experts is not None and backend in ("grouped_mm", "cpu", "triton"):
             raise ValueError(f"backend={backend!r} needs grouped FFN experts; with experts=[...] "
                              "use backend='loop' or None")
         config = MoEConfig.create(
@@ -214,10 +217,15 @@ class MoELayer(nn.Module):
 
     def _set_backend(self, name: Backend | None) -> None:
         grouped = isinstance(self.experts, GroupedExperts)
-        if name in ("grouped_mm", "triton") and not grouped:
+        if name in ("grouped_mm", "cpu", "triton") and not grouped:
             raise ValueError(f"backend={name!r} needs grouped FFN experts; with experts=[...] "
                              "use backend='loop' or None")
-        resolved: Backend = name or ("grouped_mm" if grouped else "loop")
+        resolved: Backend = name or "loop"
+        if name is None and isinstance(self.experts, GroupedExperts):
+            w = self.experts.weights().w_up_EDF  # any layout has it (w_in not when separate)
+            # fused paths read moekit's own layout: adopted tensors run the grouped matmuls
+            resolved = (choose_backend(w.device, w.dtype)[0] if self.experts.native  # type: ignore[assignment]
+                        else "grouped_mm")  # type: ignore[assignment]
         self._backend = resolved
         current: Dispatcher | None = getattr(self, "dispatcher", None)
         local = make_dispatcher(resolved)
