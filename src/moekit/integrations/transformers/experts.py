@@ -20,6 +20,7 @@ give zero output and receive zero gradient.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -126,6 +127,18 @@ class ExpertsPlan:
         return self.activation.override is None
 
 
+@functools.cache
+def _layout(gated: bool, has_bias: bool, transposed: bool, concatenated: bool) -> ExpertsLayout:
+    """Where transformers' decorated experts keep their tensors, from the decorator's flags."""
+    proj = "gate_up_proj" if gated else "up_proj"
+    gate_up = "concatenated" if concatenated or not gated else "interleaved"
+    return ExpertsLayout(in_proj=(proj,), down_proj="down_proj",
+                         in_bias=f"{proj}_bias" if has_bias else None,
+                         down_bias="down_proj_bias" if has_bias else None,
+                         in_linear=not transposed, down_linear=not transposed,
+                         gate_up=gate_up)  # type: ignore[arg-type]
+
+
 def plan_experts(module: nn.Module) -> ExpertsPlan:
     """Read the decorator flags of a transformers experts module into an :class:`ExpertsPlan`.
 
@@ -142,14 +155,9 @@ def plan_experts(module: nn.Module) -> ExpertsPlan:
             "@use_experts_implementation (it lacks has_gate/has_bias/is_transposed/"
             "is_concatenated); moekit's experts implementation applies to those only")
     gated = bool(flags["has_gate"])
-    has_bias = bool(flags["has_bias"])
-    linear = not bool(flags["is_transposed"])
-    gate_up = "concatenated" if flags["is_concatenated"] or not gated else "interleaved"
-    proj = "gate_up_proj" if gated else "up_proj"
-    layout = ExpertsLayout(in_proj=(proj,), down_proj="down_proj",
-                           in_bias=f"{proj}_bias" if has_bias else None,
-                           down_bias="down_proj_bias" if has_bias else None,
-                           in_linear=linear, down_linear=linear, gate_up=gate_up)  # type: ignore[arg-type]
+    layout = _layout(gated, bool(flags["has_bias"]), bool(flags["is_transposed"]),
+                     bool(flags["is_concatenated"]))
+    gate_up = layout.gate_up
     act_fn = getattr(module, "act_fn", None)
     base = plain_activation(act_fn)
     options = PLAIN_GLU
