@@ -21,8 +21,12 @@ belongs; :attr:`MoEConfig.capacity_factor` reads it back from either place.
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from moekit.layers._checks import check_choice, check_positive_int
 from moekit.layers.activations import PLAIN_GLU, GluOptions
@@ -240,6 +244,15 @@ class MoEConfig:
             z_loss_weight=z_loss_weight,
         )
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MoEConfig:
+        """The config back from ``dataclasses.asdict`` of it (a run's ``config.json``): every
+        nested record (router, experts and their GLU options, dispatch, shared) rebuilt."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"MoEConfig.from_dict needs a mapping (as dataclasses.asdict writes), "
+                            f"got {type(data).__name__}")
+        return _dataclass_from_dict(cls, data)  # type: ignore[no-any-return]
+
     @property
     def d_model(self) -> int:
         return self.router.d_model
@@ -262,3 +275,20 @@ class MoEConfig:
         if self.router.kind == "expert_choice":
             return self.router.capacity_factor
         return self.dispatch.capacity_factor
+
+
+def _dataclass_from_dict(cls: type, data: Mapping[str, Any]) -> Any:
+    """``cls(**data)`` with every field whose type is a dataclass (or one of them or None)
+    rebuilt from its mapping first; unknown keys are left for ``cls`` to refuse by name."""
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        kind = hints.get(key)
+        if isinstance(value, Mapping) and kind is not None:
+            options = get_args(kind) if isinstance(kind, types.UnionType) or typing.get_origin(
+                kind) is typing.Union else (kind,)
+            nested = [option for option in options if dataclasses.is_dataclass(option)]
+            if len(nested) == 1:
+                value = _dataclass_from_dict(nested[0], value)  # type: ignore[arg-type]
+        kwargs[key] = value
+    return cls(**kwargs)
