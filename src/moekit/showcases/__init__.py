@@ -8,8 +8,8 @@ One showcase per domain, each a module of this package, run by ``moekit showcase
 name        what                                                         status
 ==========  ===========================================================  ==================
 language    MoE transformer on a parallel six-language Bible              not implemented
-speech      MoE audio classifier on digits spoken in 17 accents           not implemented
-vision      image MoE on digits, clothing and animal silhouettes          not implemented
+speech      MoE audio classifier on digits in 32 languages, 42 accents    ready
+vision      image MoE on digits, clothing and animal silhouettes          ready
 health      statistical MoE on length of stay after CABG vs PTCA          ready
 finance     statistical MoE on daily index returns, regimes by BIC        ready
 ==========  ===========================================================  ==================
