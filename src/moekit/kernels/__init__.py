@@ -1,6 +1,7 @@
 """Optional fast paths for the MoE layers, looked up by name.
 
-Backends share one signature (see :mod:`moekit.layers.dispatch`):
+Backends share one signature (see :mod:`moekit.layers.dispatch`, whose ``BACKEND_NAMES`` is the
+list of names):
 
 - ``loop``: the readable reference; one expert at a time. Always available.
 - ``grouped_mm``: tokens sorted by expert on the device, experts run as grouped matmuls
@@ -15,14 +16,16 @@ Backends share one signature (see :mod:`moekit.layers.dispatch`):
 
 from __future__ import annotations
 
+from moekit._deps import require
+
+require("torch", feature="moekit.kernels")
+
 import torch
 
 from moekit.kernels.grouped_mm import grouped_mm, grouped_mm_status
 from moekit.kernels.moe_triton.config import triton_status
 
-BACKENDS: tuple[str, ...] = ("loop", "grouped_mm", "triton")
-
-__all__ = ["BACKENDS", "available_backends", "grouped_mm", "grouped_mm_status"]
+__all__ = ["available_backends", "grouped_mm", "grouped_mm_status"]
 
 
 def available_backends(device: str | torch.device = "cpu",

@@ -16,7 +16,8 @@ Rows of expert e are ``x_RD[n_0 + ... + n_{e-1} : n_0 + ... + n_e]``; rows past 
 dispatchers hold no learnable state (they are not ``nn.Module``\\ s). ``dispatcher(x_TD, routing,
 keep_TK, experts)`` runs the three steps; a fused implementation may override that call, never
 the meaning. Expert parallelism (:mod:`moekit.parallel`) is another dispatcher with the same two
-methods, wrapping a local one around its all-to-alls.
+methods, wrapping a local one around its all-to-alls; :meth:`Dispatcher.with_local` keeps it in
+place when the layer's backend changes, and :attr:`Dispatcher.comm` reports its traffic.
 
 Implementations:
 
@@ -57,6 +58,7 @@ from moekit.layers.routing import Routing
 
 if TYPE_CHECKING:
     from moekit.layers.experts import Experts
+    from moekit.layers.stats import CommStats
 
 
 def capacity(num_tokens: int, top_k: int, num_experts: int, capacity_factor: float | None) -> int | None:
@@ -154,6 +156,20 @@ class Dispatcher:
         x_RD, tokens_per_expert_E, meta = self.dispatch(x_TD, routing, keep_TK, capacity)
         y_RD = experts(x_RD, tokens_per_expert_E, full=meta.full)
         return self.combine(y_RD, meta)
+
+    def with_local(self, local: Dispatcher) -> Dispatcher:
+        """The dispatcher to use once the layer's local backend becomes ``local``.
+
+        A local dispatcher is simply replaced; an outer one (expert parallelism) returns itself
+        rebuilt around ``local``, so switching ``layer.backend`` never drops it.
+        """
+        return local
+
+    @property
+    def comm(self) -> CommStats | None:
+        """Communication of the last call (:class:`~moekit.layers.stats.CommStats`); None for a
+        dispatcher that moves no tokens between processes."""
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

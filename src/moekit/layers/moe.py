@@ -7,6 +7,11 @@ keeps ``moe.aux_loss`` (a float32 scalar, already weighted; part of the autograd
 training) and ``moe.stats`` (:class:`RoutingStats`, detached). ``total_aux_loss(model)`` sums the
 aux losses of every MoE layer in a model.
 
+Two plain attributes let parallelism be applied from outside without this file knowing about it:
+``moe.dispatcher`` (any :class:`~moekit.layers.dispatch.Dispatcher`) and ``moe.reduce_sums``
+(None, or a :data:`~moekit.layers.losses.SumReducer` that makes the aux losses those of the whole
+batch across processes; :mod:`moekit.parallel` installs an all-reduce).
+
 Non-finite input: a token whose features contain NaN or Inf gets a non-finite output row; the
 other tokens' outputs are unaffected (expert matmuls are row-wise), and a ``sigmoid_bias`` router
 leaves its bias untouched for that batch. Check ``torch.isfinite`` upstream if you need to skip
@@ -31,7 +36,7 @@ from moekit.layers.config import (
 )
 from moekit.layers.dispatch import Dispatcher, capacity, capacity_keep, make_dispatcher
 from moekit.layers.experts import Activation, FeedForward, GroupedExperts, ModuleExperts
-from moekit.layers.losses import router_z_loss
+from moekit.layers.losses import SumReducer, router_z_loss
 from moekit.layers.routing import Router, RouterKind, Routing
 from moekit.layers.stats import RoutingStats, routing_stats
 
@@ -157,6 +162,7 @@ class MoELayer(nn.Module):
         self._set_backend(config.dispatch.backend)
         self.aux_loss: torch.Tensor | None = None
         self.stats: RoutingStats | None = None
+        self.reduce_sums: SumReducer | None = None
 
     # --- read-only views of the config ------------------------------------------------------
 
@@ -212,7 +218,9 @@ class MoELayer(nn.Module):
                              "use backend='loop' or None")
         resolved: Backend = name or ("grouped_mm" if grouped else "loop")
         self._backend = resolved
-        self.dispatcher = make_dispatcher(resolved)
+        current: Dispatcher | None = getattr(self, "dispatcher", None)
+        local = make_dispatcher(resolved)
+        self.dispatcher = local if current is None else current.with_local(local)
         if isinstance(self.experts, GroupedExperts):
             self.experts.kernel = "loop" if resolved == "loop" else "grouped_mm"
 
@@ -231,9 +239,10 @@ class MoELayer(nn.Module):
                 shared_TD = torch.sigmoid(self.shared_gate(x_TD)) * shared_TD
             y_TD = y_TD + shared_TD
         self.aux_loss = self._aux_loss(routing)
-        self.stats = routing_stats(routing.indices_TK, keep_TK,
-                                   self.router.token_distribution(routing), self.num_experts,
-                                   routing.keep_TK)
+        stats = routing_stats(routing.indices_TK, keep_TK, self.router.token_distribution(routing),
+                              self.num_experts, routing.keep_TK)
+        comm = self.dispatcher.comm
+        self.stats = stats if comm is None else dataclasses.replace(stats, comm=comm)
         return y_TD.view(x.shape)
 
     def _keep(self, routing: Routing) -> tuple[torch.Tensor | None, int | None]:
@@ -256,9 +265,9 @@ class MoELayer(nn.Module):
     def _aux_loss(self, routing: Routing) -> torch.Tensor:
         loss = routing.logits_TE.new_zeros(())
         if self.aux_loss_weight > 0:
-            loss = loss + self.aux_loss_weight * self.router.balance_loss(routing)
+            loss = loss + self.aux_loss_weight * self.router.balance_loss(routing, self.reduce_sums)
         if self.z_loss_weight > 0:
-            loss = loss + self.z_loss_weight * router_z_loss(routing.logits_TE)
+            loss = loss + self.z_loss_weight * router_z_loss(routing.logits_TE, self.reduce_sums)
         return loss
 
     def extra_repr(self) -> str:
