@@ -161,7 +161,7 @@ def test_default_and_gpu_settings_build_twins_of_equal_active_compute(device):
             assert count_parameters(moe).active == count_parameters(dense).active
         else:  # Soft MoE: as many slots as patches, each through one expert as wide as the MLP
             assert a.num_experts * a.slots_per_expert == (28 // a.patch_size) ** 2
-            assert moe.blocks[0].mlp.experts.d_ff == dense.blocks[0].mlp.experts.d_ff
+            assert moe.blocks[0].mlp.experts.d_ff == dense.blocks[0].mlp.w_down.shape[0]
 
 
 def test_vision_quick_scores_mlp_moe_and_soft_moe_vit_against_their_twins(vision):

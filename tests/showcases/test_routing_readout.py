@@ -47,7 +47,7 @@ def test_group_counts_rejects_bad_input():
         group_counts(np.zeros((2, 1, 1), int), np.zeros(3, int), n_groups=1, n_experts=2)
     with pytest.raises(ValueError, match=r"groups must be integers in \[0, n_groups=2\)"):
         group_counts(np.zeros((2, 1, 1), int), np.array([0, 2]), n_groups=2, n_experts=2)
-    with pytest.raises(ValueError, match=r"experts in \[0, n_experts=2\)"):
+    with pytest.raises(ValueError, match=r"expert numbers in \[0, n_experts=2\)"):
         group_counts(np.full((1, 1, 1), 2), np.array([0]), n_groups=1, n_experts=2)
 
 
@@ -111,7 +111,7 @@ def test_record_routing_in_batches_equals_one_forward():
     from moekit.models import ImageClassifier, ImageClassifierConfig
 
     torch.manual_seed(0)
-    sparse = ImageClassifier(ImageClassifierConfig(image_size=8, num_classes=3,
+    sparse = ImageClassifier(ImageClassifierConfig.create(image_size=8, num_classes=3,
                                                    architecture="vit", patch_size=4, d_model=16,
                                                    n_heads=2, d_ff=8, num_experts=4, top_k=2))
     x = torch.randn(7, 1, 8, 8)
@@ -126,7 +126,7 @@ def test_record_routing_in_batches_equals_one_forward():
     for got, want in zip(seen.sparse, per_layer):
         np.testing.assert_array_equal(got, want)
 
-    soft = ImageClassifier(ImageClassifierConfig(image_size=8, num_classes=3,
+    soft = ImageClassifier(ImageClassifierConfig.create(image_size=8, num_classes=3,
                                                  architecture="vit", patch_size=4, d_model=16,
                                                  n_heads=2, d_ff=8, num_experts=4,
                                                  router="soft", slots_per_expert=1))

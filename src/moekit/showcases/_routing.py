@@ -160,17 +160,15 @@ def group_counts(indices_nNK: np.ndarray, groups: np.ndarray, *, n_groups: int,
     array([[1., 1.],
            [0., 1.]])
     """
+    from moekit.viz import count_routing_by_kind
+
     idx = np.asarray(indices_nNK)
     if idx.ndim != 3:
         raise ValueError(f"indices must have shape (n, N, K), got {idx.shape}")
     g = _check_groups(groups, idx.shape[0], n_groups)
-    if idx.size and (idx.max() >= n_experts or idx.min() < -1):
-        raise ValueError(f"indices must be experts in [0, n_experts={n_experts}) or -1")
-    counts = np.zeros((n_groups, n_experts))
-    rows = np.broadcast_to(g[:, None, None], idx.shape)
-    kept = idx >= 0
-    np.add.at(counts, (rows[kept], idx[kept]), 1.0)
-    return counts
+    n, N, K = idx.shape
+    return count_routing_by_kind(idx.reshape(n * N, K), np.repeat(g, N), n_kinds=n_groups,
+                                 n_experts=n_experts)
 
 
 def group_sums(profile_nE: np.ndarray, groups: np.ndarray, *, n_groups: int) -> np.ndarray:

@@ -131,17 +131,20 @@ def build_audio_model(a: _ArchSettings, *, dense: bool, n_features: int, n_frame
                       num_classes: int = 10) -> Any:
     """The MoE audio model of ``a``, or its dense twin at equal active compute.
 
-    The twin replaces each MoE layer's ``top_k`` active experts of width ``d_ff`` by one MLP of
-    width ``top_k * d_ff`` (a single expert that every token takes), so a token passes through
-    the same number of weights in both.
+    The twin (``moe=None``) replaces each MoE layer's ``top_k`` active experts of width ``d_ff``
+    by one dense MLP of width ``top_k * d_ff``, so a token passes through the same number of
+    weights in both.
     """
+    from moekit.layers import MoEConfig
     from moekit.models import AudioClassifier, AudioClassifierConfig
 
+    moe = None if dense else MoEConfig.create(
+        d_model=a.d_model, d_ff=a.d_ff, num_experts=a.num_experts, top_k=a.top_k,
+        router="topk", activation="gelu", aux_loss_weight=0.01)
     config = AudioClassifierConfig(
         n_features=n_features, max_frames=n_frames, num_classes=num_classes, d_model=a.d_model,
-        n_layers=a.n_layers, n_heads=a.n_heads,
-        d_ff=a.top_k * a.d_ff if dense else a.d_ff, num_experts=1 if dense else a.num_experts,
-        top_k=1 if dense else a.top_k, router="topk", activation="gelu", aux_loss_weight=0.01)
+        n_layers=a.n_layers, n_heads=a.n_heads, moe=moe, d_ff=a.top_k * a.d_ff,
+        activation="gelu")
     return AudioClassifier(config)
 
 

@@ -97,21 +97,23 @@ def build_image_model(a: _ArchSettings, *, dense: bool, num_classes: int,
     Soft MoE (``E * P`` slots, each through one expert of width ``d_ff``): the twin applies one
     MLP of width ``d_ff`` to each of the N tokens; with ``E * P == N`` both spend the same FLOPs.
     """
+    from moekit.layers import MoEConfig, SoftMoEConfig
     from moekit.models import ImageClassifier, ImageClassifierConfig
 
-    if a.arch == "mlp":
-        config = ImageClassifierConfig(
-            image_size=image_size, num_classes=num_classes, architecture="mlp",
-            d_model=a.d_model, n_layers=a.n_layers, d_ff=a.top_k * a.d_ff if dense else a.d_ff,
-            num_experts=1 if dense else a.num_experts, top_k=1 if dense else a.top_k,
-            router="topk", activation="gelu", aux_loss_weight=0.01)
+    moe: MoEConfig | SoftMoEConfig | None
+    if dense:
+        moe = None
+    elif a.arch == "mlp":
+        moe = MoEConfig.create(d_model=a.d_model, d_ff=a.d_ff, num_experts=a.num_experts,
+                               top_k=a.top_k, router="topk", activation="gelu",
+                               aux_loss_weight=0.01)
     else:
-        config = ImageClassifierConfig(
-            image_size=image_size, num_classes=num_classes, architecture="vit",
-            patch_size=a.patch_size, d_model=a.d_model, n_layers=a.n_layers, n_heads=a.n_heads,
-            d_ff=a.d_ff, num_experts=1 if dense else a.num_experts, top_k=1,
-            router="topk" if dense else "soft", slots_per_expert=a.slots_per_expert,
-            activation="gelu", aux_loss_weight=0.01)
+        moe = SoftMoEConfig(d_model=a.d_model, d_ff=a.d_ff, num_experts=a.num_experts,
+                            slots_per_expert=a.slots_per_expert, activation="gelu")
+    config = ImageClassifierConfig(
+        image_size=image_size, num_classes=num_classes, architecture=a.arch,
+        patch_size=a.patch_size, d_model=a.d_model, n_layers=a.n_layers, n_heads=a.n_heads,
+        moe=moe, d_ff=a.top_k * a.d_ff if a.arch == "mlp" else a.d_ff, activation="gelu")
     return ImageClassifier(config)
 
 
