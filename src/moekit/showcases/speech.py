@@ -120,7 +120,8 @@ def _settings(quick: bool, seeds: int | None, device: str) -> _Settings:
     archs = (_ArchSettings(arch="clip", d_model=64 * scale, n_layers=1, n_heads=2,
                            num_experts=32, top_k=2, d_ff=32 * scale, steps=2000 * scale, lr=3e-3),
              _ArchSettings(arch="frame", d_model=32 * scale, n_layers=2, n_heads=2,
-                           num_experts=8, top_k=2, d_ff=32 * scale, steps=3000 * scale, lr=3e-3))
+                           num_experts=16, top_k=2, d_ff=16 * scale, steps=3000 * scale,
+                           lr=3e-3))
     return _Settings(accents=SHOWCASE_ACCENTS, variants=VARIANTS, rates=(140, 200),
                      pitches=(40, 60), valid_variants=4, replicates=seeds or 3, archs=archs)
 
@@ -131,20 +132,20 @@ def build_audio_model(a: _ArchSettings, *, dense: bool, n_features: int, n_frame
                       num_classes: int = 10) -> Any:
     """The MoE audio model of ``a``, or its dense twin at equal active compute.
 
-    The twin (``moe=None``) replaces each MoE layer's ``top_k`` active experts of width ``d_ff``
-    by one dense MLP of width ``top_k * d_ff``, so a token passes through the same number of
-    weights in both.
+    The twin (:func:`moekit.models.dense_twin_config`) replaces each MoE layer's ``top_k``
+    active experts of width ``d_ff`` by one dense MLP of width ``top_k * d_ff``, so a token
+    passes through the same number of weights in both.
     """
     from moekit.layers import MoEConfig
-    from moekit.models import AudioClassifier, AudioClassifierConfig
+    from moekit.models import AudioClassifier, AudioClassifierConfig, dense_twin_config
 
-    moe = None if dense else MoEConfig.create(
-        d_model=a.d_model, d_ff=a.d_ff, num_experts=a.num_experts, top_k=a.top_k,
-        router="topk", activation="gelu", aux_loss_weight=0.01)
     config = AudioClassifierConfig(
         n_features=n_features, max_frames=n_frames, num_classes=num_classes, d_model=a.d_model,
-        n_layers=a.n_layers, n_heads=a.n_heads, moe=moe, d_ff=a.top_k * a.d_ff,
-        activation="gelu")
+        n_layers=a.n_layers, n_heads=a.n_heads, moe=MoEConfig.create(
+            d_model=a.d_model, d_ff=a.d_ff, num_experts=a.num_experts, top_k=a.top_k,
+            router="topk", activation="gelu", aux_loss_weight=0.01))
+    if dense:
+        config = dense_twin_config(config)
     return AudioClassifier(config)
 
 

@@ -93,17 +93,16 @@ def build_image_model(a: _ArchSettings, *, dense: bool, num_classes: int,
                       image_size: int = 28) -> Any:
     """The image MoE of ``a``, or its dense twin at equal active compute.
 
-    MLP-MoE: the twin's MLP is ``top_k * d_ff`` wide (one expert every image takes). ViT with
-    Soft MoE (``E * P`` slots, each through one expert of width ``d_ff``): the twin applies one
-    MLP of width ``d_ff`` to each of the N tokens; with ``E * P == N`` both spend the same FLOPs.
+    The twin is :func:`moekit.models.dense_twin_config`'s. MLP-MoE: its MLP is ``top_k * d_ff``
+    wide. ViT with Soft MoE (``E * P`` slots, each through one expert of width ``d_ff``): one MLP
+    of width ``E * P * d_ff / N`` on each of the N patches, the same FLOPs; the settings take
+    ``E * P == N``, so the twin's MLP is as wide as one expert.
     """
     from moekit.layers import MoEConfig, SoftMoEConfig
-    from moekit.models import ImageClassifier, ImageClassifierConfig
+    from moekit.models import ImageClassifier, ImageClassifierConfig, dense_twin_config
 
-    moe: MoEConfig | SoftMoEConfig | None
-    if dense:
-        moe = None
-    elif a.arch == "mlp":
+    moe: MoEConfig | SoftMoEConfig
+    if a.arch == "mlp":
         moe = MoEConfig.create(d_model=a.d_model, d_ff=a.d_ff, num_experts=a.num_experts,
                                top_k=a.top_k, router="topk", activation="gelu",
                                aux_loss_weight=0.01)
@@ -113,7 +112,9 @@ def build_image_model(a: _ArchSettings, *, dense: bool, num_classes: int,
     config = ImageClassifierConfig(
         image_size=image_size, num_classes=num_classes, architecture=a.arch,
         patch_size=a.patch_size, d_model=a.d_model, n_layers=a.n_layers, n_heads=a.n_heads,
-        moe=moe, d_ff=a.top_k * a.d_ff if a.arch == "mlp" else a.d_ff, activation="gelu")
+        moe=moe)
+    if dense:
+        config = dense_twin_config(config)
     return ImageClassifier(config)
 
 
