@@ -14,12 +14,13 @@ validation, and draws the models' weights and batches from seed ``r``.
 Models, scored by digit accuracy on the held-out voices (higher is better):
 
 - ``MoE MLP per clip``: :class:`moekit.models.AudioClassifier` fed the whole clip as one token
-  (512 features), one block whose MLP is an MoE layer of 8 experts of width 32, top-2: the
+  (512 features), one block whose MLP is an MoE layer of 32 experts of width 32, top-2: the
   router picks experts per clip;
 - its dense twin: the same block with one MLP of width 64, so each clip passes through the same
   number of weights (equal active compute; the MoE holds more in total);
 - ``MoE transformer per frame`` and its dense twin: the same comparison in a 2-block transformer
-  over the 16 frames, the router picking experts per frame;
+  over the 16 frames (d_model 32; 16 experts of width 16, top-2, against one MLP of width 32),
+  the router picking experts per frame;
 - a pooled logistic regression (baseline), and one logistic regression per language told the
   language (``oracle``, not a baseline: it is given what the gate must find).
 
@@ -28,12 +29,15 @@ Debian's asterisk-core-sounds packages (one speaker per language, en/es/fr/it/ru
 where they are installed; the notes give the ``apt-get install`` line of the missing ones.
 
 The ``routing`` record (replicate 0's MoE models, held-out voices): per model and layer,
-``by_language`` and ``by_accent`` (token-slots of each language's/accent's clips per expert, and
-each row's shares), ``information`` (I(language; expert) / H(language) from those counts),
-``language_from_routing`` / ``accent_from_routing`` (accuracy of a logistic regression that
-reads the language or accent from the routing alone: fitted on the training voices' routing
-profiles, scored on the held-out voices'; with chance beside it), and
-``language_from_features`` (the same reader on the raw features, for scale).
+``by_language``, ``by_accent`` and ``by_digit`` (token-slots of each language's, accent's or
+digit's clips per expert: ``rows`` and ``counts``), ``information_language`` / ``_accent`` /
+``_digit`` (I(group; expert) / H(group) from those counts: 1 when each expert serves one group),
+``language_from_routing`` / ``accent_from_routing`` / ``digit_from_routing`` (accuracy of a
+logistic regression that reads the group from the routing alone: fitted on the training voices'
+routing profiles, scored on the held-out voices'; with chance beside it), and
+``language_from_features`` (a linear reader of the language from the raw features, for scale).
+The gate is free to key on anything: the readings say whether it found the language, the accent
+or the word spoken.
 """
 
 from __future__ import annotations
@@ -155,16 +159,10 @@ def _inputs(features: np.ndarray, arch: Arch) -> np.ndarray:
 
 
 def _model_name(a: _ArchSettings, dense: bool) -> str:
-    what = "MLP per clip" if a.arch == "clip" else f"transformer per frame ({a.n_layers} blocks)"
+    where = "per clip" if a.arch == "clip" else f"per frame ({a.n_layers} blocks)"
     if dense:
-        return f"dense twin: {what}, MLP width {a.top_k * a.d_ff}"
-    return f"MoE {what}, {a.num_experts} experts of width {a.d_ff}, top-{a.top_k}"
-
-
-def _short(name: str) -> str:
-    """A column header for a model: e.g. ``"MoE clip"``, ``"dense frame"``."""
-    kind = "dense" if name.startswith("dense") else "MoE"
-    return f"{kind} {'clip' if 'per clip' in name else 'frame'}"
+        return f"dense twin {where}: MLP {a.top_k * a.d_ff}"
+    return f"MoE {where}: {a.num_experts} experts x {a.d_ff}, top-{a.top_k}"
 
 
 # --- data -------------------------------------------------------------------------------------------
@@ -204,50 +202,6 @@ def _real_recordings(languages: tuple[str, ...]) -> tuple[Any, list[str]]:
             notes.append(f"real recordings of {lang!r} are not installed, so they are not "
                          f"tested; install them with: {data_source(key).install}")
     return (load_recorded_digits(present) if present else None), notes
-
-
-# --- the linear references --------------------------------------------------------------------------
-
-def _linear_scores(x_tr: np.ndarray, y_tr: np.ndarray, lang_tr: np.ndarray, x_va: np.ndarray,
-                   y_va: np.ndarray, lang_va: np.ndarray, x_real: np.ndarray | None,
-                   lang_real: np.ndarray | None) -> dict[str, Any]:
-    """Pooled logistic regression, and one per language told the language (the oracle)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    scaler = StandardScaler().fit(x_tr)
-    ztr, zva = scaler.transform(x_tr), scaler.transform(x_va)
-    zre = scaler.transform(x_real) if x_real is not None else None
-
-    def fit(rows: np.ndarray) -> Any:
-        return LogisticRegression(C=0.1, max_iter=300).fit(ztr[rows], y_tr[rows])
-
-    pooled = fit(np.ones(len(y_tr), dtype=bool))
-    out: dict[str, Any] = {"pooled_valid": pooled.predict(zva),
-                           "pooled_real": pooled.predict(zre) if zre is not None else None}
-    oracle_va = np.empty(len(y_va), dtype=np.int64)
-    oracle_re = np.empty(len(zre), dtype=np.int64) if zre is not None else None
-    for lang in np.unique(lang_tr):
-        model = fit(lang_tr == lang)
-        rows = lang_va == lang
-        if rows.any():
-            oracle_va[rows] = model.predict(zva[rows])
-        if zre is not None and oracle_re is not None and lang_real is not None:
-            rows_re = lang_real == lang
-            if rows_re.any():
-                oracle_re[rows_re] = model.predict(zre[rows_re])
-    out["oracle_valid"], out["oracle_real"] = oracle_va, oracle_re
-    return out
-
-
-def _language_id_from_features(x_tr: np.ndarray, lang_tr: np.ndarray, x_va: np.ndarray,
-                               lang_va: np.ndarray) -> float:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    scaler = StandardScaler().fit(x_tr)
-    clf = LogisticRegression(C=0.1, max_iter=300).fit(scaler.transform(x_tr), lang_tr)
-    return float(clf.score(scaler.transform(x_va), lang_va))
 
 
 # --- routing ----------------------------------------------------------------------------------------
@@ -314,6 +268,8 @@ class SpeechShowcase:
         from moekit.data.speech import digit_features, synthesize_digits
         from moekit.showcases._neural import accuracy, torch_threads, train_classifier
         from moekit.showcases._routing import record_routing
+        from moekit.showcases._speech_linear import language_id_from_features, linear_scores
+        from moekit.showcases._speech_report import speech_sections
 
         s = _settings(quick, seeds, device)
         notes: list[str] = []
@@ -338,8 +294,8 @@ class SpeechShowcase:
             real_acc: dict[str, list[float]] = {n: [] for n in names}
             by_lang_acc: dict[str, list[list[float]]] = {n: [] for n in names}
             cost: dict[str, dict[str, Any]] = {n: {"wall": [], "cpu": []} for n in names}
-            linear: dict[str, list[float]] = {k: [] for k in ("pooled", "oracle", "pooled_real",
-                                                              "oracle_real")}
+            linear: dict[str, list[float]] = {k: [] for k in (
+                "pooled", "oracle", "pooled_real", "oracle_real", "pooled_s", "oracle_s")}
             routing: dict[str, Any] = {"replicate": 0, "split": "held-out voices of "
                                        "replicate 0", "models": {}}
             n_lang = len(clips.languages)
@@ -388,7 +344,7 @@ class SpeechShowcase:
                                 accents=clips.accents)
                 if s.linear:
                     flat = feats.reshape(len(feats), -1)
-                    lin = _linear_scores(
+                    lin = linear_scores(
                         flat[tr], clips.digit[tr], clips.language[tr], flat[va],
                         clips.digit[va], clips.language[va],
                         real_feats.reshape(len(real_feats), -1) if real_feats is not None
@@ -397,6 +353,8 @@ class SpeechShowcase:
                                                           == clips.digit[va])))
                     linear["oracle"].append(float(np.mean(lin["oracle_valid"]
                                                           == clips.digit[va])))
+                    linear["pooled_s"].append(lin["pooled_s"])
+                    linear["oracle_s"].append(lin["oracle_s"])
                     if real is not None:
                         linear["pooled_real"].append(float(np.mean(lin["pooled_real"]
                                                                    == real.digit)))
@@ -404,7 +362,7 @@ class SpeechShowcase:
                                                                    == real.digit)))
                     if r == 0:
                         flat_tr, flat_va = flat[tr], flat[va]
-                        routing["language_from_features"] = _language_id_from_features(
+                        routing["language_from_features"] = language_id_from_features(
                             flat_tr, clips.language[tr], flat_va, clips.language[va])
 
         models, real_models = [], []
@@ -430,13 +388,15 @@ class SpeechShowcase:
                     ("oracle", "one logistic regression per language (told the language)",
                      "oracle", n_lang)):
                 params = n_models * (n_feat + 1) * 10
+                fit_s = float(np.mean(linear[key + "_s"]))
                 models.append(ModelResult(name=name, kind=kind, values=tuple(linear[key]),
-                                          parameters_total=params,
+                                          parameters_total=params, train_time_s=fit_s,
                                           parameters_active=(n_feat + 1) * 10))
                 if real is not None:
                     real_models.append(ModelResult(
                         name=name, kind=kind, values=tuple(linear[key + "_real"]),
-                        parameters_total=params, parameters_active=(n_feat + 1) * 10))
+                        parameters_total=params, parameters_active=(n_feat + 1) * 10,
+                        train_time_s=fit_s))
         replicates = tuple(f"replicate {r}: {s.valid_variants} voices per accent held out "
                            f"(seed {r}), model seed {r}" for r in range(s.replicates))
         evaluations = [Evaluation(
@@ -451,7 +411,7 @@ class SpeechShowcase:
         if quick:
             notes.append("--quick: 7 accents, 4 voices each, tiny models; the numbers say "
                          "nothing about the claim")
-        sections = _sections(evaluations, routing, clips, output)
+        sections = speech_sections(evaluations, routing, clips.languages, output)
         config = {"accents": [a.name for a in s.accents], "variants": list(s.variants),
                   "rates": list(s.rates), "pitches": list(s.pitches),
                   "valid_voices_per_accent": s.valid_variants, "replicates": s.replicates,
@@ -462,81 +422,6 @@ class SpeechShowcase:
         return ShowcaseResult(showcase=self.name, evaluations=tuple(evaluations),
                               routing=routing, sections=tuple(sections), config=config,
                               notes=tuple(notes))
-
-
-def _sections(evaluations: list[Evaluation], routing: dict[str, Any], clips: Any,
-              output: Path) -> list[Any]:
-    from moekit.showcases._plots import plot_model_comparison
-    from moekit.showcases._routing import top_experts_table
-    from moekit.viz import Section, Table, plot_routing_heatmap
-
-    plots = output / "plots"
-    plots.mkdir(exist_ok=True)
-    images = [plot_model_comparison(ev, plots / f"models_{i}.png")
-              for i, ev in enumerate(evaluations)]
-    sections = [Section(title="Model comparison", images=images, text=(
-        "Each MoE model is set beside its dense twin: the same network with each MoE layer's "
-        "active experts merged into one MLP as wide as they are together, so every clip passes "
-        "through the same number of weights. Dots are replicates (a different set of held-out "
-        "voices and model seed each). The oracle is told each clip's language and fits one "
-        "linear model per language: it shows how much a perfect language gate could earn."))]
-    by_lang_rows: list[dict[str, Any]] = []
-    scored = [m for m in evaluations[0].models if m.details.get("accuracy_by_language")]
-    if scored:
-        for lang in clips.languages:
-            by_lang_rows.append({"language": lang, **{
-                _short(m.name): round(m.details["accuracy_by_language"][lang], 3)
-                for m in scored}})
-    lid = routing.get("language_from_features")
-    for name, reading in routing["models"].items():
-        images, tables = [], []
-        tag = "clip" if "per clip" in name else "frame"
-        unit = "clips" if tag == "clip" else "frames"
-        for li, layer in enumerate(reading["layers"]):
-            counts = np.asarray(layer["by_language"]["counts"])
-            images.append(plot_routing_heatmap(
-                counts, layer["by_language"]["rows"], plots / f"routing_{tag}_language_{li}.png",
-                title=f"{name}\nlayer {li}: share of each language's {unit} per expert"))
-            acc_counts = np.asarray(layer["by_accent"]["counts"])
-            images.append(plot_routing_heatmap(
-                acc_counts, layer["by_accent"]["rows"], plots / f"routing_{tag}_accent_{li}.png",
-                title=f"layer {li}: share of each accent's {unit} per expert"))
-            images.append(plot_routing_heatmap(
-                np.asarray(layer["by_digit"]["counts"]), layer["by_digit"]["rows"],
-                plots / f"routing_{tag}_digit_{li}.png",
-                title=f"layer {li}: share of each digit's {unit} per expert (all languages)"))
-            tables.append(Table(rows=top_experts_table(counts, layer["by_language"]["rows"]),
-                                caption=f"layer {li}: the experts that take most of each "
-                                        f"language's {unit} (token-slots), held-out voices"))
-        lang, acc = reading["language_from_routing"], reading["accent_from_routing"]
-        dig = reading["digit_from_routing"]
-        info = "; ".join(f"layer {i}: language {lay['information_language']:.2f}, accent "
-                         f"{lay['information_accent']:.2f}, digit {lay['information_digit']:.2f}"
-                         for i, lay in enumerate(reading["layers"]))
-        lang_gain = lang["accuracy"] - lang["chance"]
-        dig_gain = dig["accuracy"] - dig["chance"]
-        keyed = ("the language more than the word spoken" if lang_gain > dig_gain else
-                 "the word spoken (the sound of the digit) more than its language")
-        text = (f"Routing of {name} on the held-out voices of replicate 0. Share of the "
-                f"uncertainty about each grouping that the expert choice removes (I(group; "
-                f"expert) / H(group)): {info}. Read from the routing alone (which experts each "
-                f"clip's {unit} went to, every layer), a linear classifier fitted on the "
-                f"training voices names the language of {100 * lang['accuracy']:.1f}% of the "
-                f"held-out clips (chance {100 * lang['chance']:.1f}%, {int(lang['n_groups'])} "
-                f"languages), the accent of {100 * acc['accuracy']:.1f}% (chance "
-                f"{100 * acc['chance']:.1f}%) and the digit of {100 * dig['accuracy']:.1f}% "
-                f"(chance {100 * dig['chance']:.1f}%): this gate keys on {keyed}.")
-        if lid is not None:
-            text += (f" For scale, the same reader on the 512 raw features names the language of "
-                     f"{100 * lid:.1f}%.")
-        sections.append(Section(title=f"What the gate learned: {name}", text=text,
-                                images=images, tables=tables))
-    if by_lang_rows:
-        sections.append(Section(title="Accuracy by language", text=(
-            "Held-out voices, mean over the replicates."),
-            tables=[Table(rows=by_lang_rows, caption="digit accuracy per language; "
-                          + "; ".join(f"{_short(m.name)} = {m.name}" for m in scored))]))
-    return sections
 
 
 SHOWCASE = SpeechShowcase()

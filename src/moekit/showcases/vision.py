@@ -14,8 +14,8 @@ beside it), each MoE beside its dense twin at equal active compute:
 - ``MoE MLP``: :class:`moekit.models.ImageClassifier` with ``architecture="mlp"`` (the image is
   one token; 2 residual MoE blocks of 8 experts, top-2) against the same network with each MoE
   layer's 2 active experts merged into one MLP as wide as both;
-- ``ViT, Soft MoE``: a ViT on 7x7 patches (16 tokens) whose MLPs are Soft MoE layers of 8
-  experts with 2 slots each (16 slots, so the experts do the FLOPs of one MLP over the 16
+- ``ViT + Soft MoE``: a ViT on 7x7 patches (16 tokens) whose MLPs are Soft MoE layers of 16
+  experts with one slot each (16 slots, so the experts do the FLOPs of one MLP over the 16
   tokens) against the same ViT with one dense MLP of the experts' width.
 
 The ``routing`` record (replicate 0's MoE models, test images): per model and layer,
@@ -78,13 +78,13 @@ def _settings(quick: bool, seeds: int | None, device: str) -> _Settings:
             _ArchSettings(arch="mlp", d_model=32, n_layers=1, num_experts=4, top_k=2, d_ff=16,
                           steps=100, lr=3e-3),
             _ArchSettings(arch="vit", d_model=16, n_layers=1, num_experts=4, top_k=1, d_ff=16,
-                          steps=40, lr=3e-3, n_heads=2, slots_per_expert=4)))
+                          steps=100, lr=3e-3, n_heads=2, slots_per_expert=4)))
     scale = 4 if device == "cuda" else 1
     return _Settings(n_per_source=10000, replicates=seeds or 3, archs=(
         _ArchSettings(arch="mlp", d_model=128, n_layers=2, num_experts=8, top_k=2,
                       d_ff=64 * scale, steps=2000 * scale, lr=3e-3),
-        _ArchSettings(arch="vit", d_model=64 * scale, n_layers=2, num_experts=8, top_k=1,
-                      d_ff=128 * scale, steps=1500 * scale, lr=3e-3)))
+        _ArchSettings(arch="vit", d_model=64 * scale, n_layers=2, num_experts=16, top_k=1,
+                      d_ff=128 * scale, steps=2000 * scale, lr=3e-3, slots_per_expert=1)))
 
 
 # --- the models (one function, so a change of moekit.models' configs touches one place) ---------
@@ -121,12 +121,12 @@ def build_image_model(a: _ArchSettings, *, dense: bool, num_classes: int,
 def _model_name(a: _ArchSettings, dense: bool) -> str:
     if a.arch == "mlp":
         if dense:
-            return f"dense twin: MLP ({a.n_layers} blocks), width {a.top_k * a.d_ff}"
-        return (f"MoE MLP ({a.n_layers} blocks), {a.num_experts} experts of width {a.d_ff}, "
+            return f"dense twin MLP ({a.n_layers} blocks): MLP {a.top_k * a.d_ff}"
+        return (f"MoE MLP ({a.n_layers} blocks): {a.num_experts} experts x {a.d_ff}, "
                 f"top-{a.top_k}")
     if dense:
-        return f"dense twin: ViT ({a.n_layers} blocks), MLP width {a.d_ff}"
-    return (f"ViT ({a.n_layers} blocks), Soft MoE: {a.num_experts} experts of width {a.d_ff}, "
+        return f"dense twin ViT ({a.n_layers} blocks): MLP {a.d_ff}"
+    return (f"ViT + Soft MoE ({a.n_layers} blocks): {a.num_experts} experts x {a.d_ff}, "
             f"{a.slots_per_expert} slots each")
 
 
