@@ -12,6 +12,9 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 CASES = {
     "moe_layer_regression.py": (["--steps", "30"], ["moe   validation MSE", "expert load"]),
     "fit_health_table.py": (["--max-experts", "2", "--n-init", "1"], ["BIC"]),
+    "finetune_transformers.py": (["--steps", "3", "--batch", "4", "--seq", "32"],
+                                 ["patched 2 block(s)", "routing after fine-tuning",
+                                  "reloaded in plain transformers"]),
     "showcases/health.py": (["--seeds", "2", "--n-init", "1"],
                             ["held-out log-likelihood per patient", "what the gate learned",
                              "std err"]),

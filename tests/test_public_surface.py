@@ -21,7 +21,6 @@ MOEKIT_ALL = ["__version__", "data", "estimators", "integrations", "kernels", "l
               "parallel", "showcases", "train", "viz"]
 
 CLI_FLAGS_SNAPSHOT: dict[str, list[str]] = {
-    "bench": ["--balanced", "--device", "--dtype", "--help", "--json", "--no-memory", "--quick", "--repeats", "--scale", "--seed", "--shapes", "--threads", "--tokens", "--warmup", "-h"],
     "demo": ["--device", "--force", "--help", "--output", "--quick", "--seed", "--steps", "-h", "-o"],
     "fit": ["--classifier", "--criterion", "--decimal", "--delimiter", "--drop", "--dropna", "--encoding", "--expert", "--expert-alpha", "--experts", "--gate-alpha", "--help", "--hierarchical", "--max-experts", "--max-iter", "--n-init", "--no-target-check", "--output", "--quiet", "--se", "--seed", "--standardize", "--target", "--tol", "--verbose", "-h", "-k", "-o", "-q", "-v", "csv"],
     "info": ["--help", "--json", "-h"],
@@ -62,11 +61,14 @@ SUBPACKAGE_ALL: dict[str, list[str]] = {
         "count_routing_by_kind", "plot_estimator_fit", "plot_expert_load", "plot_gate_regions",
         "plot_routing_heatmap", "plot_training_curves", "write_report"],
     # kernels.BACKENDS went on purpose: layers.dispatch.BACKEND_NAMES is the one list of names.
-    "moekit.kernels": ["available_backends", "grouped_mm", "grouped_mm_status"],
+    "moekit.kernels": ["available_backends", "choose_backend", "cpu_backend_reason", "fused_moe_cpu",
+                       "grouped_mm", "grouped_mm_status"],
     "moekit.integrations.transformers": [
-        "SUPPORTED_BLOCKS", "copy_experts_from_transformers", "copy_experts_to_transformers",
+        "PatchReport", "RoutingReport", "SUPPORTED_BLOCKS", "TransformersMoE",
+        "copy_experts_from_transformers", "copy_experts_to_transformers",
         "copy_mlp_from_transformers", "copy_mlp_to_transformers", "from_transformers",
-        "layer_kwargs_from_transformers", "to_transformers"],
+        "layer_kwargs_from_transformers", "patch", "register", "routing_report",
+        "to_transformers", "unpatch"],
     "moekit.parallel": [
         "AllToAllDispatcher", "CollectiveError", "ExpertParallelMetadata", "ExpertParallelPlan",
         "apply_expert_parallel", "full_optimizer_state_dict", "full_state_dict",

@@ -330,15 +330,31 @@ def test_copy_helpers_check_sizes() -> None:
 # --- packaging ----------------------------------------------------------------------------
 
 
-def test_import_does_not_pull_transformers() -> None:
-    code = ("import sys, moekit.integrations, moekit.integrations.transformers; "
-            "assert 'transformers' not in sys.modules, 'transformers imported'")
-    subprocess.run([sys.executable, "-c", code], check=True)
+def test_import_works_without_transformers_and_registers_with_it() -> None:
+    """``moekit.integrations`` never imports transformers; ``.transformers`` imports without it
+    (``register()`` then says what to install) and registers "moekit" when it is there."""
+    bare = ("import sys; sys.modules['transformers'] = None\n"
+            "import moekit.integrations, moekit.integrations.transformers as mt\n"
+            "try:\n    mt.register()\nexcept ImportError as err:\n"
+            "    assert \"pip install 'transformers>=5'\" in str(err), err\n"
+            "else:\n    raise SystemExit('register() ran without transformers')")
+    subprocess.run([sys.executable, "-c", bare], check=True)
+    parent = ("import sys, moekit.integrations\n"
+              "assert 'transformers' not in sys.modules, 'transformers imported'")
+    subprocess.run([sys.executable, "-c", parent], check=True)
+    with_it = ("import moekit.integrations.transformers\n"
+               "from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS\n"
+               "assert 'moekit' in ALL_EXPERTS_FUNCTIONS")
+    subprocess.run([sys.executable, "-c", with_it], check=True)
 
 
-def test_docstring_examples_run() -> None:
-    result = doctest.testmod(mt, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and result.attempted > 0
+@pytest.mark.parametrize("module", ["convert", "weights", "registry", "patching", "report",
+                                    "experts"])
+def test_docstring_examples_run(module: str) -> None:
+    sub = importlib.import_module(f"moekit.integrations.transformers.{module}")
+    result = doctest.testmod(sub, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
+    assert result.attempted > 0 or module == "experts"
 
 
 # --- aux loss in eval mode ---------------------------------------------------------------------

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 
+from moekit.kernels import choose_backend
 from moekit.layers import (
     DispatchConfig,
     ExpertsConfig,
@@ -86,4 +87,23 @@ def test_from_config_refuses_something_else():
 def test_layer_repr_shows_router_and_dispatch_settings():
     text = repr(MoELayer(8, 16, 4, 2, router="sigmoid_bias", capacity_factor=1.5))
     assert "kind='sigmoid_bias', d_model=8, num_experts=4, top_k=2" in text
-    assert "capacity_factor=1.5" in text and "backend='grouped_mm'" in text
+    assert "capacity_factor=1.5" in text and f"backend={choose_backend()[0]!r}" in text
+
+
+def test_every_nested_record_survives_a_json_round_trip():
+    import json
+
+    from moekit.layers.activations import GluOptions
+    config = dataclasses.replace(
+        MoEConfig.create(d_model=8, d_ff=16, num_experts=4, top_k=2, router="sigmoid_bias",
+                         num_shared_experts=1, capacity_factor=1.5, n_group=2, topk_group=1),
+        experts=ExpertsConfig(d_ff=16, activation="swiglu",
+                              glu=GluOptions(swish_alpha=1.702, clamp=7.0, up_offset=1.0)))
+    data = json.loads(json.dumps(dataclasses.asdict(config)))
+    back = MoEConfig.from_dict(data)
+    assert back == config
+    assert isinstance(back.experts.glu, GluOptions) and back.experts.glu.clamp == 7.0
+    with pytest.raises(TypeError, match="unexpected keyword argument 'nonsense'"):
+        MoEConfig.from_dict({**data, "nonsense": 1})
+    with pytest.raises(TypeError, match="needs a mapping"):
+        MoEConfig.from_dict([1, 2])  # type: ignore[arg-type]

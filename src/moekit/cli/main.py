@@ -24,7 +24,6 @@ SUBCOMMANDS: dict[str, str] = {
     "train": "train",
     "fit": "fit",
     "predict": "predict",
-    "bench": "bench",
     "report": "report",
     "showcase": "showcase",
     "info": "info",

@@ -1,11 +1,12 @@
 """Bridges between moekit and other libraries.
 
-- :mod:`moekit.integrations.transformers`: build a :class:`~moekit.layers.MoELayer` from a Hugging
-  Face ``transformers`` sparse MoE block (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V3) with
-  the block's weights and routing semantics, and copy weights back.
+- :mod:`moekit.integrations.transformers`: Hugging Face transformers models on moekit: a
+  registered experts implementation (``experts_implementation="moekit"``), whole-model patching
+  of sparse-MoE blocks into moekit layers on the model's own tensors (``patch``/``unpatch``),
+  routing reports, and single-block conversion with copied weights (``from_transformers``).
 
 Nothing is imported here: ``import moekit.integrations`` does not import ``transformers`` (nor
-torch). Import the submodule you need, e.g.
+torch); ``import moekit.integrations.transformers`` does, when it is installed, to register. Import the submodule you need, e.g.
 ``from moekit.integrations.transformers import from_transformers``.
 """
 

@@ -22,7 +22,7 @@ def sum_rows_reference(v_RD: torch.Tensor, rank_TK: torch.Tensor,
     T, K = rank_TK.shape
     if v_RD.shape[0] == 0:
         return v_RD.new_zeros(T, v_RD.shape[-1])
-    g_TKD = v_RD[rank_TK.clamp(max=v_RD.shape[0] - 1).reshape(-1)].view(T, K, -1)
+    g_TKD = v_RD.index_select(0, rank_TK.clamp(max=v_RD.shape[0] - 1).reshape(-1)).view(T, K, -1)
     if valid_TK is not None:
         g_TKD = g_TKD.masked_fill(~valid_TK.unsqueeze(-1), 0)
     return g_TKD.sum(dim=1)

@@ -21,17 +21,23 @@ belongs; :attr:`MoEConfig.capacity_factor` reads it back from either place.
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from moekit.layers._checks import check_choice, check_positive_int
+from moekit.layers.activations import PLAIN_GLU, GluOptions
 from moekit.layers.experts import ACTIVATIONS, Activation
 from moekit.layers.routing import RouterConfig, RouterKind
 
-Backend = Literal["loop", "grouped_mm", "triton"]
+Backend = Literal["loop", "grouped_mm", "cpu", "triton"]
 BACKEND_NAMES: tuple[str, ...] = get_args(Backend)
 DropPolicy = Literal["position", "score"]
 DROP_POLICIES: tuple[str, ...] = get_args(DropPolicy)
+ApplyWeights = Literal["output", "input"]
 
 #: Routers that balance without an auxiliary loss: their default ``aux_loss_weight`` is 0.
 BALANCED_WITHOUT_AUX_LOSS: frozenset[str] = frozenset({"sigmoid_bias", "expert_choice"})
@@ -63,18 +69,22 @@ class ExpertsConfig:
     Parameters
     ----------
     d_ff : hidden features F of each expert.
-    activation : ``"swiglu"``, ``"geglu"`` (gated: ``act(x W_gate) * (x W_up)``), ``"gelu"``,
-        ``"relu"`` or ``"silu"``.
+    activation : ``"swiglu"``, ``"geglu"``, ``"geglu_tanh"`` (gated: ``act(x W_gate) * (x W_up)``),
+        ``"gelu"``, ``"gelu_tanh"``, ``"relu"``, ``"relu2"`` or ``"silu"``.
     bias : per-expert biases in both projections.
+    glu : extras of a gated unit (clamps, swish slope, up offset: GPT-OSS and others).
     """
 
     d_ff: int
     activation: Activation = "swiglu"
     bias: bool = False
+    glu: GluOptions = PLAIN_GLU
 
     def __post_init__(self) -> None:
         check_positive_int("d_ff", self.d_ff)
         check_choice("activation", self.activation, ACTIVATIONS)
+        if not isinstance(self.glu, GluOptions):
+            raise TypeError(f"ExpertsConfig glu={self.glu!r} must be a moekit GluOptions")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,17 +97,24 @@ class DispatchConfig:
         at most ``C = ceil(capacity_factor * T * K / E)`` slots and drops the rest.
     drop_policy : which slots an over-full expert keeps: ``"position"`` (every token's first
         choice before any second choice, earlier tokens first) or ``"score"`` (largest weights).
-    backend : None (automatic: ``"grouped_mm"``), ``"loop"`` (the readable reference),
-        ``"grouped_mm"`` or ``"triton"`` (fused Triton kernels on CUDA; never chosen automatically).
+    backend : None (automatic: :func:`moekit.kernels.choose_backend`, ``"cpu"`` or
+        ``"grouped_mm"``), ``"loop"`` (the readable reference), ``"grouped_mm"``, ``"cpu"`` (the
+        fused CPU path; other devices run ``grouped_mm``) or ``"triton"`` (fused Triton kernels
+        on CUDA; never chosen automatically).
+    apply_weights : where the combine weights act: on the experts' outputs (``"output"``,
+        ``sum_k w_k * expert_k(x)``) or on their inputs (``"input"``, ``sum_k expert_k(w_k * x)``:
+        Llama 4).
     """
 
     capacity_factor: float | None = None
     drop_policy: DropPolicy = "position"
     backend: Backend | None = None
+    apply_weights: ApplyWeights = "output"
 
     def __post_init__(self) -> None:
         check_capacity_factor(self.capacity_factor)
         check_choice("drop_policy", self.drop_policy, DROP_POLICIES)
+        check_choice("apply_weights", self.apply_weights, get_args(ApplyWeights))
         if self.backend is not None:
             check_choice("backend", self.backend, BACKEND_NAMES)
 
@@ -227,6 +244,15 @@ class MoEConfig:
             z_loss_weight=z_loss_weight,
         )
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MoEConfig:
+        """The config back from ``dataclasses.asdict`` of it (a run's ``config.json``): every
+        nested record (router, experts and their GLU options, dispatch, shared) rebuilt."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"MoEConfig.from_dict needs a mapping (as dataclasses.asdict writes), "
+                            f"got {type(data).__name__}")
+        return _dataclass_from_dict(cls, data)  # type: ignore[no-any-return]
+
     @property
     def d_model(self) -> int:
         return self.router.d_model
@@ -249,3 +275,20 @@ class MoEConfig:
         if self.router.kind == "expert_choice":
             return self.router.capacity_factor
         return self.dispatch.capacity_factor
+
+
+def _dataclass_from_dict(cls: type, data: Mapping[str, Any]) -> Any:
+    """``cls(**data)`` with every field whose type is a dataclass (or one of them or None)
+    rebuilt from its mapping first; unknown keys are left for ``cls`` to refuse by name."""
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        kind = hints.get(key)
+        if isinstance(value, Mapping) and kind is not None:
+            options = get_args(kind) if isinstance(kind, types.UnionType) or typing.get_origin(
+                kind) is typing.Union else (kind,)
+            nested = [option for option in options if dataclasses.is_dataclass(option)]
+            if len(nested) == 1:
+                value = _dataclass_from_dict(nested[0], value)  # type: ignore[arg-type]
+        kwargs[key] = value
+    return cls(**kwargs)

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from moekit.kernels import choose_backend
 from moekit.layers._checks import check_choice, check_dtype_matches, check_input
 from moekit.layers.config import (
     BACKEND_NAMES,
@@ -56,7 +57,8 @@ class MoELayer(nn.Module):
     top_k : experts per token K (for ``expert_choice``: the average experts per token).
     router : ``"topk"`` (Mixtral, Qwen-MoE, OLMoE), ``"switch"``, ``"noisy_topk"``,
         ``"sigmoid_bias"`` (DeepSeek-V3) or ``"expert_choice"``.
-    activation : ``"swiglu"``, ``"geglu"``, ``"gelu"``, ``"relu"`` or ``"silu"``.
+    activation : ``"swiglu"``, ``"geglu"``, ``"geglu_tanh"``, ``"gelu"``, ``"gelu_tanh"``,
+        ``"relu"``, ``"relu2"`` or ``"silu"``.
     capacity_factor : None for dropless routing, else ``C = ceil(capacity_factor * T * K / E)``.
     drop_policy : which slots an over-full expert keeps: ``"position"`` or ``"score"``.
     num_shared_experts, shared_d_ff : a dense FFN of hidden size ``num_shared_experts *
@@ -70,9 +72,11 @@ class MoELayer(nn.Module):
     aux_loss_weight : weight of the balancing loss; None = 0.01, or 0 for the routers that
         balance without it (``sigmoid_bias``, ``expert_choice``).
     z_loss_weight : weight of the router z-loss.
-    backend : None (automatic: ``"grouped_mm"`` for grouped experts), ``"loop"`` (the readable
-        reference), ``"grouped_mm"`` or ``"triton"`` (fused Triton kernels on a CUDA GPU, by name
-        only; elsewhere it falls back to ``"grouped_mm"`` and logs why); assign
+    backend : None (automatic: :func:`moekit.kernels.choose_backend` for grouped experts, else
+        ``"loop"``), ``"loop"`` (the readable reference), ``"grouped_mm"``, ``"cpu"`` (the fused
+        CPU path; other devices and dtypes run ``grouped_mm``) or ``"triton"`` (fused Triton
+        kernels on a CUDA GPU, by name only; elsewhere it falls back to ``"grouped_mm"`` and logs
+        why); assign
         ``layer.backend = name`` to switch later (same weights).
     experts : optional list of modules to use as experts instead of grouped FFNs (any
         architecture, mapping (R, D) -> (R, D)); runs with the ``loop`` backend.
@@ -118,7 +122,7 @@ class MoELayer(nn.Module):
                 f"experts has {len(experts)} modules but num_experts={num_experts}; "
                 f"pass num_experts={len(experts)}"
             )
-        if experts is not None and backend in ("grouped_mm", "triton"):
+        if experts is not None and backend in ("grouped_mm", "cpu", "triton"):
             raise ValueError(f"backend={backend!r} needs grouped FFN experts; with experts=[...] "
                              "use backend='loop' or None")
         config = MoEConfig.create(
@@ -152,7 +156,7 @@ class MoELayer(nn.Module):
         else:
             ex = config.experts
             self.experts = GroupedExperts(config.d_model, ex.d_ff, config.num_experts,
-                                          ex.activation, bias=ex.bias)
+                                          ex.activation, bias=ex.bias, glu=ex.glu)
         sh = config.shared
         self.shared_experts = (FeedForward(config.d_model, sh.d_ff, config.experts.activation)
                                if sh is not None else None)
@@ -213,10 +217,15 @@ class MoELayer(nn.Module):
 
     def _set_backend(self, name: Backend | None) -> None:
         grouped = isinstance(self.experts, GroupedExperts)
-        if name in ("grouped_mm", "triton") and not grouped:
+        if name in ("grouped_mm", "cpu", "triton") and not grouped:
             raise ValueError(f"backend={name!r} needs grouped FFN experts; with experts=[...] "
                              "use backend='loop' or None")
-        resolved: Backend = name or ("grouped_mm" if grouped else "loop")
+        resolved: Backend = name or "loop"
+        if name is None and isinstance(self.experts, GroupedExperts):
+            w = self.experts.weights().w_up_EDF  # any layout has it (w_in not when separate)
+            # fused paths read moekit's own layout: adopted tensors run the grouped matmuls
+            resolved = (choose_backend(w.device, w.dtype)[0] if self.experts.native  # type: ignore[assignment]
+                        else "grouped_mm")  # type: ignore[assignment]
         self._backend = resolved
         current: Dispatcher | None = getattr(self, "dispatcher", None)
         local = make_dispatcher(resolved)
@@ -231,19 +240,38 @@ class MoELayer(nn.Module):
             check_dtype_matches(x, expert_param, "MoELayer")
         x_TD = x.reshape(-1, self.d_model)
         routing = self.router(x_TD)
-        keep_TK, cap = self._keep(routing)
-        y_TD = self.dispatcher(x_TD, routing, keep_TK, self.experts, cap)
+        y_TD = self.forward_routed(x_TD, routing, self.router)
         if self.shared_experts is not None:
             shared_TD = self.shared_experts(x_TD)
             if self.shared_gate is not None:
                 shared_TD = torch.sigmoid(self.shared_gate(x_TD)) * shared_TD
             y_TD = y_TD + shared_TD
-        self.aux_loss = self._aux_loss(routing)
-        stats = routing_stats(routing.indices_TK, keep_TK, self.router.token_distribution(routing),
+        return y_TD.view(x.shape)
+
+    def forward_routed(self, x_TD: torch.Tensor, routing: Routing, router: Router) -> torch.Tensor:
+        """The routed experts' part of the forward, for a routing the caller computed: (T, D).
+
+        Capacity keep, dispatch, experts, combine (``layer.dispatcher``), with the combine weights
+        on the experts' outputs, or on their inputs for ``dispatch.apply_weights="input"``
+        (Llama 4: ``expert(w * x)``); then ``self.aux_loss`` and ``self.stats`` from ``router``'s
+        rule. A layer that routes differently (a patched transformers block keeping its own
+        router module) calls this after routing.
+        """
+        keep_TK, cap = self._keep(routing)
+        if self.config.dispatch.apply_weights == "input":
+            x_RD, tokens_per_expert_E, meta = self.dispatcher.dispatch(x_TD, routing, keep_TK, cap)
+            x_RD = x_RD * meta.weight_R.unsqueeze(-1).to(x_RD.dtype)
+            y_RD = self.experts(x_RD, tokens_per_expert_E, full=meta.full)
+            unit = dataclasses.replace(meta, weight_R=torch.ones_like(meta.weight_R))
+            y_TD = self.dispatcher.combine(y_RD, unit)
+        else:
+            y_TD = self.dispatcher(x_TD, routing, keep_TK, self.experts, cap)
+        self.aux_loss = self._aux_loss(routing, router)
+        stats = routing_stats(routing.indices_TK, keep_TK, router.token_distribution(routing),
                               self.num_experts, routing.keep_TK)
         comm = self.dispatcher.comm
         self.stats = stats if comm is None else dataclasses.replace(stats, comm=comm)
-        return y_TD.view(x.shape)
+        return y_TD
 
     def _keep(self, routing: Routing) -> tuple[torch.Tensor | None, int | None]:
         """Slots that reach their expert (None = all) and the static per-expert bound, if any.
@@ -262,10 +290,10 @@ class MoELayer(nn.Module):
                                 dispatch.drop_policy)
         return keep_TK, cap
 
-    def _aux_loss(self, routing: Routing) -> torch.Tensor:
+    def _aux_loss(self, routing: Routing, router: Router) -> torch.Tensor:
         loss = routing.logits_TE.new_zeros(())
         if self.aux_loss_weight > 0:
-            loss = loss + self.aux_loss_weight * self.router.balance_loss(routing, self.reduce_sums)
+            loss = loss + self.aux_loss_weight * router.balance_loss(routing, self.reduce_sums)
         if self.z_loss_weight > 0:
             loss = loss + self.z_loss_weight * router_z_loss(routing.logits_TE, self.reduce_sums)
         return loss

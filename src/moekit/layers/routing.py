@@ -18,8 +18,18 @@ router            selection                                   combine weights
 ``expert_choice`` each expert takes its top-C tokens          softmax probability
 ================  ==========================================  =============================================
 
-Aux-loss-free balancing (``sigmoid_bias``): training forwards only *count* the slots each expert
-received; the bias moves when :func:`update_router_biases` is called, once per optimizer step
+The token-choice rules (``topk``, ``switch``, ``sigmoid_bias``) take options that the routers of
+published models differ by (``RouterConfig``): ``select="logits"`` picks the top k of the raw
+logits and scores only those (softmax over the k, or sigmoid: GPT-OSS, Granite, Llama 4);
+``expert_bias`` adds a choice-only bias (DeepSeek-V3's ``e_score_correction_bias``; also with
+softmax scores, ERNIE 4.5); group-limited selection scores groups by the sum of their top two
+(DeepSeek-V3) or by their maximum (DeepSeek-V2); the renormalisation has an epsilon, a floor and a
+p-norm; ``routed_scaling_factor`` multiplies the weights; ``score_precision`` and
+``weights_precision`` say where a model rounds to its own dtype. :meth:`Router.route_logits`
+applies a rule to logits computed elsewhere (a transformers router module, say).
+
+Aux-loss-free balancing (``sigmoid_bias``, or any router with ``expert_bias``): training forwards
+only *count* the slots each expert received; the bias moves when :func:`update_router_biases` is called, once per optimizer step
 (``b_e += rate * sign(mean load - load_e)`` over the counts since the last call). Counting happens
 as the gradient flows back through the combine weights, so a forward recomputed by activation
 checkpointing is not counted twice, and micro-batches of one step add up before the single
@@ -28,21 +38,31 @@ update. A forward without a backward (grad mode on, router frozen) is counted in
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from moekit.layers import losses
-from moekit.layers._checks import check_choice, check_positive_int, count_values, router_dtype
+from moekit.layers._checks import count_values, router_dtype
+from moekit.layers.router_config import (
+    ROUTERS,
+    TOKEN_CHOICE,
+    GroupFill,
+    GroupScore,
+    Precision,
+    RouterConfig,
+    RouterKind,
+    Select,
+    WeightsPrecision,
+    expert_choice_capacity,
+)
 
-RouterKind = Literal["topk", "switch", "noisy_topk", "sigmoid_bias", "expert_choice"]
-ROUTERS: tuple[str, ...] = get_args(RouterKind)
-
+__all__ = ["ROUTERS", "TOKEN_CHOICE", "GroupFill", "GroupScore", "Precision", "Router",
+           "RouterConfig", "RouterKind", "Routing", "Select", "TensorRef", "WeightsPrecision",
+           "expert_choice_capacity", "register_router_bias_update", "update_router_biases"]
 
 @dataclass(frozen=True)
 class Routing:
@@ -67,112 +87,49 @@ class Routing:
     load_E: torch.Tensor | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
-class RouterConfig:
-    """Settings of a :class:`Router`; checked on construction.
+@dataclass(frozen=True)
+class TensorRef:
+    """A tensor owned by another module, read at call time: ``ref.get()`` is ``owner.<path>``.
 
-    Parameters
-    ----------
-    kind : the selection rule (table above).
-    d_model, num_experts, top_k : D, E and K.
-    normalize : renormalise the top-k weights to sum 1 (``topk``, ``sigmoid_bias``).
-    n_group, topk_group : ``sigmoid_bias`` group-limited routing (DeepSeek-V3): keep the best
-        ``topk_group`` of ``n_group`` expert groups, scored by the sum of their top-2 scores.
-    routed_scaling_factor : ``sigmoid_bias`` combine weights are multiplied by it.
-    bias_update_rate : ``sigmoid_bias`` balancing step size (0 switches it off).
-    capacity_factor : ``expert_choice`` only: each expert takes ``ceil(cf * T * K / E)`` tokens
-        (None means 1.0). Token-choice capacity is a dispatch setting
-        (:class:`moekit.layers.DispatchConfig`).
-    noise_eps : ``noisy_topk``: floor added to the learned noise scale.
+    A router that *borrows* its choice bias (a transformers model's ``e_score_correction_bias``)
+    holds one: the tensor stays registered (and saved) where it is, ``module.to(...)`` moves it
+    there, and updates made through the router land in it. ``copy.deepcopy`` of a model copies
+    the reference along with the owner.
     """
 
-    kind: RouterKind = "topk"
-    d_model: int
-    num_experts: int
-    top_k: int = 2
-    normalize: bool = True
-    n_group: int | None = None
-    topk_group: int | None = None
-    routed_scaling_factor: float = 1.0
-    bias_update_rate: float = 1e-3
-    capacity_factor: float | None = None
-    noise_eps: float = 1e-2
+    owner: nn.Module
+    path: str
 
-    def __post_init__(self) -> None:
-        check_choice("router", self.kind, ROUTERS)
-        check_positive_int("d_model", self.d_model)
-        check_positive_int("num_experts", self.num_experts)
-        check_positive_int("top_k", self.top_k)
-        if self.top_k > self.num_experts:
-            raise ValueError(
-                f"top_k={self.top_k} must be <= num_experts={self.num_experts}; "
-                "lower top_k or add experts"
-            )
-        if self.kind == "switch" and self.top_k != 1:
-            raise ValueError(
-                f"router='switch' routes each token to one expert, got top_k={self.top_k}; "
-                "use top_k=1, or router='topk' for several experts per token"
-            )
-        if self.capacity_factor is not None:
-            if self.kind != "expert_choice":
-                raise ValueError(
-                    f"RouterConfig capacity_factor={self.capacity_factor} applies to "
-                    f"kind='expert_choice' only, got kind={self.kind!r}; token-choice capacity is "
-                    "DispatchConfig(capacity_factor=...)")
-            if not self.capacity_factor > 0:
-                raise ValueError(
-                    f"capacity_factor={self.capacity_factor} must be > 0 (or None); typical values "
-                    "are 1.0 to 2.0")
-        if self.bias_update_rate < 0:
-            raise ValueError(f"bias_update_rate={self.bias_update_rate} must be >= 0")
-        self._check_groups()
-
-    def _check_groups(self) -> None:
-        if self.n_group is None and self.topk_group is None:
-            return
-        if self.kind != "sigmoid_bias":
-            raise ValueError(
-                f"n_group/topk_group apply to router='sigmoid_bias' only, got router={self.kind!r}; "
-                "drop n_group and topk_group or use router='sigmoid_bias'"
-            )
-        if self.n_group is None or self.topk_group is None:
-            raise ValueError(
-                f"n_group={self.n_group} and topk_group={self.topk_group} must be given together"
-            )
-        check_positive_int("n_group", self.n_group)
-        check_positive_int("topk_group", self.topk_group)
-        if self.num_experts % self.n_group:
-            raise ValueError(
-                f"n_group={self.n_group} must divide num_experts={self.num_experts}; "
-                f"use a divisor of {self.num_experts} such as "
-                f"{max(d for d in range(1, self.n_group + 1) if self.num_experts % d == 0)}"
-            )
-        if self.topk_group > self.n_group:
-            raise ValueError(f"topk_group={self.topk_group} must be <= n_group={self.n_group}")
-        if self.top_k > self.topk_group * (self.num_experts // self.n_group):
-            raise ValueError(
-                f"top_k={self.top_k} exceeds the {self.topk_group * (self.num_experts // self.n_group)} "
-                f"experts in topk_group={self.topk_group} groups; raise topk_group or lower top_k"
-            )
-
-
-def expert_choice_capacity(num_tokens: int, num_experts: int, top_k: int,
-                           capacity_factor: float | None) -> int:
-    """Tokens each expert takes under expert-choice routing: ``ceil(cf * T * k / E)``, at most T."""
-    factor = 1.0 if capacity_factor is None else capacity_factor
-    return min(num_tokens, math.ceil(factor * num_tokens * top_k / num_experts))
+    def get(self) -> torch.Tensor:
+        obj: object = self.owner
+        for part in self.path.split("."):
+            obj = getattr(obj, part)
+        if not isinstance(obj, torch.Tensor):
+            raise TypeError(f"{type(self.owner).__name__}.{self.path} is a {type(obj).__name__}, "
+                            "not a tensor")
+        return obj
 
 
 class Router(nn.Module):
     """Linear router ``logits_TE = x_TD · W_ED^T`` followed by one of the selection rules above.
 
+    Parameters
+    ----------
+    config : the rule (:class:`RouterConfig`).
+    own_weight : False builds a router without ``weight``: its logits come from elsewhere and are
+        passed to :meth:`route_logits` (calling the router on inputs is then an error).
+    bias_from : a :class:`TensorRef` to a (E,) tensor (or any shape with E elements) to use as the
+        choice bias instead of an own ``expert_bias`` buffer; it is read at every call and moved
+        in place by :meth:`update_bias`.
+
     Attributes
     ----------
     weight : (E, D) parameter.
     noise_weight : (E, D) parameter (``noisy_topk`` only).
-    expert_bias : (E,) float32 buffer, saved in checkpoints (``sigmoid_bias`` only).
+    expert_bias : (E,) float32 buffer, saved in checkpoints (routers with
+        ``config.expert_bias``, unless ``bias_from`` is given).
     pending_counts : (E,) float32 buffer, not saved: slots per expert counted since the last
-        :meth:`update_bias` (``sigmoid_bias`` only).
+        :meth:`update_bias` (routers with ``config.expert_bias``).
     reduce_counts : None, or a function applied to the pending counts before the bias update
         (expert parallelism installs an all-reduce here so that every rank moves the same bias).
     """
@@ -180,43 +137,143 @@ class Router(nn.Module):
     expert_bias: torch.Tensor
     pending_counts: torch.Tensor
 
-    def __init__(self, config: RouterConfig) -> None:
+    def __init__(self, config: RouterConfig, *, own_weight: bool = True,
+                 bias_from: TensorRef | None = None) -> None:
         super().__init__()
+        if not isinstance(config, RouterConfig):
+            raise TypeError(f"config is a {type(config).__name__}; pass a moekit RouterConfig")
         self.config = config
         E, D = config.num_experts, config.d_model
-        self.weight = nn.Parameter(torch.empty(E, D))
-        nn.init.normal_(self.weight, std=D**-0.5)
+        self.own_weight = bool(own_weight)
+        if self.own_weight:
+            self.weight = nn.Parameter(torch.empty(E, D))
+            nn.init.normal_(self.weight, std=D**-0.5)
         if config.kind == "noisy_topk":
+            if not self.own_weight:
+                raise ValueError("router='noisy_topk' computes its noise from the input; it needs "
+                                 "own_weight=True")
             self.noise_weight = nn.Parameter(torch.zeros(E, D))  # zero init, as in Shazeer et al.
-        if config.kind == "sigmoid_bias":
-            self.register_buffer("expert_bias", torch.zeros(E, dtype=torch.float32))
+        if bias_from is not None and not config.expert_bias:
+            raise ValueError(f"bias_from is given but the router config has expert_bias=False "
+                             f"(router={config.kind!r}); set RouterConfig(expert_bias=True)")
+        self.bias_from = bias_from
+        if config.expert_bias:
+            if bias_from is None:
+                self.register_buffer("expert_bias", torch.zeros(E, dtype=torch.float32))
             self.register_buffer("pending_counts", torch.zeros(E, dtype=torch.float32),
                                  persistent=False)
         self.reduce_counts: Callable[[torch.Tensor], torch.Tensor] | None = None
 
+    def bias(self) -> torch.Tensor | None:
+        """The (E,) choice bias in use (own buffer or borrowed tensor), or None without one."""
+        if not self.config.expert_bias:
+            return None
+        if self.bias_from is not None:
+            return self.bias_from.get().view(-1)
+        return self.expert_bias
+
     def forward(self, x_TD: torch.Tensor) -> Routing:
+        if not self.own_weight:
+            raise TypeError("this Router has no weight (own_weight=False): compute the logits "
+                            "elsewhere and call router.route_logits(logits_TE)")
         # float32 even under torch.autocast, which would otherwise run the linear in bf16/fp16
         with torch.autocast(device_type=x_TD.device.type, enabled=False):
-            return self._route(x_TD)
+            dt = router_dtype(x_TD.dtype)
+            logits_TE = F.linear(x_TD.to(dt), self.weight.to(dt))
+            if self.config.kind == "noisy_topk":
+                return self._noisy_topk(x_TD, logits_TE)
+            return self.route_logits(logits_TE)
 
-    def _route(self, x_TD: torch.Tensor) -> Routing:
+    def route_logits(self, logits_TE: torch.Tensor, *,
+                     input_dtype: torch.dtype | None = None) -> Routing:
+        """Apply the selection rule to (T, E) logits computed elsewhere.
+
+        The logits keep their dtype where ``score_precision="logits"`` asks for it; otherwise the
+        maths runs in float32 (float64 for float64 logits). ``input_dtype`` is the dtype the
+        ``weights_precision="input"`` option rounds to (default: the logits' dtype).
+        """
+        kind = self.config.kind
+        if kind == "noisy_topk":
+            raise ValueError("router='noisy_topk' needs the input for its noise; call the router "
+                             "on the input instead of route_logits")
+        with torch.autocast(device_type=logits_TE.device.type, enabled=False):
+            if kind == "expert_choice":
+                return self._expert_choice(logits_TE.to(router_dtype(logits_TE.dtype)))
+            return self._token_choice(logits_TE, input_dtype or logits_TE.dtype)
+
+    def _token_choice(self, logits_TE: torch.Tensor, input_dtype: torch.dtype) -> Routing:
+        """``topk``, ``switch`` and ``sigmoid_bias``: one code path, the options as data."""
         cfg = self.config
-        dt = router_dtype(x_TD.dtype)
-        logits_TE = F.linear(x_TD.to(dt), self.weight.to(dt))
-        if cfg.kind in ("topk", "switch"):
-            return self._softmax_topk(logits_TE)
-        if cfg.kind == "noisy_topk":
-            return self._noisy_topk(x_TD, logits_TE)
-        if cfg.kind == "sigmoid_bias":
-            return self._sigmoid_bias(logits_TE)
-        return self._expert_choice(logits_TE)
+        acc = router_dtype(logits_TE.dtype)
+        work_TE = logits_TE if cfg.score_precision == "logits" else logits_TE.to(acc)
+        sigmoid = cfg.kind == "sigmoid_bias"
 
-    def _softmax_topk(self, logits_TE: torch.Tensor) -> Routing:
-        probs_TE = logits_TE.softmax(dim=-1)
-        weights_TK, indices_TK = probs_TE.topk(self.config.top_k, dim=-1)
-        if self.config.kind == "topk" and self.config.normalize:
-            weights_TK = weights_TK / weights_TK.sum(dim=-1, keepdim=True)
-        return Routing(indices_TK, weights_TK, logits_TE, probs_TE)
+        def score(t: torch.Tensor) -> torch.Tensor:
+            return t.sigmoid() if sigmoid else t.softmax(dim=-1)
+
+        scores_TE = score(work_TE)
+        bias_E = self.bias()
+        if cfg.select == "logits":
+            if bias_E is None:
+                top_TK, indices_TK = work_TE.topk(cfg.top_k, dim=-1)
+            else:
+                indices_TK = (work_TE + bias_E.to(work_TE.dtype)).topk(cfg.top_k, dim=-1)[1]
+                top_TK = work_TE.gather(1, indices_TK)
+            weights_TK = score(top_TK)
+        else:
+            choice_TE = scores_TE
+            if bias_E is not None:
+                choice_TE = scores_TE + bias_E.to(scores_TE.dtype)
+            if cfg.n_group is not None and cfg.topk_group is not None and cfg.n_group > 1:
+                choice_TE = self._limit_groups(choice_TE)
+            if choice_TE is scores_TE:  # plain top-k: the sorted values are the weights
+                weights_TK, indices_TK = scores_TE.topk(cfg.top_k, dim=-1)
+            else:
+                indices_TK = choice_TE.topk(cfg.top_k, dim=-1, sorted=False)[1]
+                weights_TK = scores_TE.gather(1, indices_TK)
+        # (a softmax over the k kept logits sums to 1 already: no second renormalisation)
+        if cfg.normalize and cfg.kind != "switch" and not (cfg.select == "logits" and not sigmoid):
+            weights_TK = weights_TK / self._norm(weights_TK)
+        if cfg.routed_scaling_factor != 1.0:
+            weights_TK = weights_TK * cfg.routed_scaling_factor
+        if cfg.weights_precision != "float32":
+            rounded = logits_TE.dtype if cfg.weights_precision == "logits" else input_dtype
+            weights_TK = weights_TK.to(rounded)
+        weights_TK = weights_TK.to(acc)
+        if (cfg.expert_bias and self.training and cfg.bias_update_rate > 0
+                and torch.is_grad_enabled()):
+            weights_TK = self._count_slots(indices_TK, weights_TK, logits_TE)
+        return Routing(indices_TK, weights_TK, logits_TE.to(acc), scores_TE.to(acc))
+
+    def _limit_groups(self, choice_TE: torch.Tensor) -> torch.Tensor:
+        """Keep the best ``topk_group`` of ``n_group`` expert groups; mask the rest to -inf."""
+        cfg = self.config
+        T, E = choice_TE.shape
+        G = int(cfg.n_group or 1)
+        per_group = E // G
+        grouped_TGX = choice_TE.view(T, G, per_group)
+        if cfg.group_score == "max":
+            group_scores_TG = grouped_TGX.max(dim=-1).values
+        else:
+            group_scores_TG = grouped_TGX.topk(min(2, per_group), dim=-1)[0].sum(dim=-1)
+        group_idx = group_scores_TG.topk(int(cfg.topk_group or 1), dim=-1, sorted=False)[1]
+        group_mask_TG = torch.zeros_like(group_scores_TG).scatter_(1, group_idx, 1.0)
+        score_mask_TE = group_mask_TG.unsqueeze(-1).expand(T, G, per_group).reshape(T, E)
+        fill = float("-inf") if cfg.group_fill == "-inf" else 0.0
+        return choice_TE.masked_fill(score_mask_TE == 0, fill)
+
+    def _norm(self, weights_TK: torch.Tensor) -> torch.Tensor:
+        """The renormalisation denominator ``max(norm_p(w), normalize_min) + normalize_eps``."""
+        cfg = self.config
+        if cfg.normalize_p == 1.0:
+            denom = weights_TK.sum(dim=-1, keepdim=True)
+        else:
+            denom = torch.linalg.vector_norm(weights_TK, ord=cfg.normalize_p, dim=-1, keepdim=True)
+        if cfg.normalize_min:
+            denom = denom.clamp_min(cfg.normalize_min)
+        if cfg.normalize_eps:
+            denom = denom + cfg.normalize_eps
+        return denom
 
     def _noisy_topk(self, x_TD: torch.Tensor, logits_TE: torch.Tensor) -> Routing:
         k, E = self.config.top_k, self.config.num_experts
@@ -242,28 +299,6 @@ class Router(nn.Module):
             load_E = torch.full((E,), float(logits_TE.shape[0]), device=logits_TE.device)
         return Routing(indices_TK, weights_TK, logits_TE, probs_TE, load_E=load_E)
 
-    def _sigmoid_bias(self, logits_TE: torch.Tensor) -> Routing:
-        cfg = self.config
-        scores_TE = logits_TE.sigmoid()
-        choice_TE = scores_TE + self.expert_bias.to(scores_TE.dtype)
-        if cfg.n_group is not None and cfg.topk_group is not None and cfg.n_group > 1:
-            T, E = choice_TE.shape
-            per_group = E // cfg.n_group
-            group_scores_TG = choice_TE.view(T, cfg.n_group, per_group).topk(
-                min(2, per_group), dim=-1)[0].sum(dim=-1)
-            group_idx = group_scores_TG.topk(cfg.topk_group, dim=-1, sorted=False)[1]
-            group_mask_TG = torch.zeros_like(group_scores_TG).scatter_(1, group_idx, 1.0)
-            score_mask_TE = group_mask_TG.unsqueeze(-1).expand(T, cfg.n_group, per_group).reshape(T, E)
-            choice_TE = choice_TE.masked_fill(score_mask_TE == 0, float("-inf"))
-        indices_TK = choice_TE.topk(cfg.top_k, dim=-1, sorted=False)[1]
-        weights_TK = scores_TE.gather(1, indices_TK)
-        if cfg.normalize:
-            weights_TK = weights_TK / (weights_TK.sum(dim=-1, keepdim=True) + 1e-20)
-        weights_TK = weights_TK * cfg.routed_scaling_factor
-        if self.training and cfg.bias_update_rate > 0 and torch.is_grad_enabled():
-            weights_TK = self._count_slots(indices_TK, weights_TK, logits_TE)
-        return Routing(indices_TK, weights_TK, logits_TE, scores_TE)
-
     def _count_slots(self, indices_TK: torch.Tensor, weights_TK: torch.Tensor,
                      logits_TE: torch.Tensor) -> torch.Tensor:
         """Add this batch's slots per expert to ``pending_counts`` (see the module docstring).
@@ -284,15 +319,19 @@ class Router(nn.Module):
         """DeepSeek-V3's aux-loss-free step ``b_e += rate * sign(mean load - load_e)``.
 
         The load is ``pending_counts`` (passed through ``reduce_counts`` when set), which is then
-        zeroed. No counts since the last call means no change. Only for ``sigmoid_bias``.
+        zeroed. No counts since the last call means no change. Only for routers with a choice
+        bias (``sigmoid_bias``, or ``expert_bias=True``); a borrowed bias is moved in place.
         """
-        if self.config.kind != "sigmoid_bias":
-            raise ValueError(f"update_bias applies to router='sigmoid_bias', this router is "
-                             f"{self.config.kind!r}")
+        bias_E = self.bias()
+        if bias_E is None:
+            raise ValueError(f"update_bias applies to routers with a choice bias "
+                             f"(router='sigmoid_bias' or expert_bias=True), this router is "
+                             f"{self.config.kind!r} without one")
         load_E = self.pending_counts.clone()
         if self.reduce_counts is not None:
             load_E = self.reduce_counts(load_E)
-        self.expert_bias.add_(self.config.bias_update_rate * torch.sign(load_E.mean() - load_E))
+        step_E = self.config.bias_update_rate * torch.sign(load_E.mean() - load_E)
+        bias_E.add_(step_E.to(device=bias_E.device, dtype=bias_E.dtype))
         self.pending_counts.zero_()
 
     def _expert_choice(self, logits_TE: torch.Tensor) -> Routing:
@@ -306,6 +345,12 @@ class Router(nn.Module):
             token_idx_EC = probs_TE.t().topk(C, dim=-1)[1]
             keep_TK = keep_TK.t().scatter(1, token_idx_EC, True).t()
         return Routing(indices_TK, probs_TE, logits_TE, probs_TE, keep_TK=keep_TK)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        extra = "" if self.own_weight else ", own_weight=False"
+        return (f"kind={c.kind!r}, d_model={c.d_model}, num_experts={c.num_experts}, "
+                f"top_k={c.top_k}{extra}")
 
     def token_distribution(self, routing: Routing) -> torch.Tensor:
         """(T, E) distribution over experts per token (``sigmoid_bias``: the normalised scores)."""
@@ -337,10 +382,6 @@ class Router(nn.Module):
             probs_TE = probs_TE / (probs_TE.sum(dim=-1, keepdim=True) + 1e-20)
         return losses.switch_load_balancing_loss(probs_TE, routing.indices_TK, reduce_sums)
 
-    def extra_repr(self) -> str:
-        c = self.config
-        return f"kind={c.kind!r}, d_model={c.d_model}, num_experts={c.num_experts}, top_k={c.top_k}"
-
 
 class _CountOnBackward(torch.autograd.Function):
     """Identity on the combine weights; its backward adds the batch's counts to the router's
@@ -363,7 +404,7 @@ class _CountOnBackward(torch.autograd.Function):
 def update_router_biases(model: nn.Module,
                          reduce_counts: Callable[[torch.Tensor], torch.Tensor] | None = None,
                          ) -> int:
-    """Apply the aux-loss-free bias step of every ``sigmoid_bias`` router in ``model``.
+    """Apply the aux-loss-free bias step of every router with a choice bias in ``model``.
 
     Call it once per optimizer step, after ``optimizer.step()`` (``moekit train`` does; so does
     :func:`register_router_bias_update`). Each router's counts since the last call are summed over
@@ -393,7 +434,7 @@ def update_router_biases(model: nn.Module,
     """
     updated = 0
     for module in model.modules():
-        if isinstance(module, Router) and module.config.kind == "sigmoid_bias":
+        if isinstance(module, Router) and module.config.expert_bias:
             own = module.reduce_counts
             if reduce_counts is not None:
                 module.reduce_counts = reduce_counts

@@ -20,13 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from moekit.layers import (
-    DispatchConfig,
-    ExpertsConfig,
     FeedForward,
     MoEConfig,
     MoELayer,
-    RouterConfig,
-    SharedExpertsConfig,
     SoftMoE,
     SoftMoEConfig,
 )
@@ -95,10 +91,6 @@ def flat_moe_config(
     )
 
 
-_MOE_PARTS: dict[str, type] = {"router": RouterConfig, "experts": ExpertsConfig,
-                               "dispatch": DispatchConfig, "shared": SharedExpertsConfig}
-
-
 def mlp_config_from_dict(data: Mapping[str, Any] | None) -> MLPConfig:
     """The ``moe`` field back from ``dataclasses.asdict`` of it (a run's ``config.json``)."""
     if data is None:
@@ -106,9 +98,7 @@ def mlp_config_from_dict(data: Mapping[str, Any] | None) -> MLPConfig:
     if not isinstance(data, Mapping):
         raise TypeError(f"moe={data!r} must be a mapping (as dataclasses.asdict writes) or None")
     if "router" in data:
-        return MoEConfig(**{key: _MOE_PARTS[key](**value)
-                            if key in _MOE_PARTS and isinstance(value, Mapping) else value
-                            for key, value in data.items()})
+        return MoEConfig.from_dict(data)
     return SoftMoEConfig(**data)
 
 

@@ -28,7 +28,7 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from moekit.layers import GroupedExperts, ModuleExperts, MoELayer
-from moekit.layers.routing import ROUTERS
+from moekit.layers.routing import ROUTERS, Router
 from moekit.parallel.all_to_all import AllToAllDispatcher
 from moekit.parallel.collectives import CountsOverGroup, SumOverGroup, collective
 
@@ -149,14 +149,7 @@ def _check_same_everywhere(names: list[str], layers: list[MoELayer],
 def _shard(experts: GroupedExperts, rank: int, size: int) -> GroupedExperts:
     """The experts ``[rank*L, (rank+1)*L)``: same class, parameter names and kernel, own memory."""
     L = experts.num_experts // size
-    with torch.device("meta"):  # no throw-away initialisation; the slices replace every tensor
-        local = GroupedExperts(experts.d_model, experts.d_ff, L, experts.activation,
-                               bias=experts.b_in is not None, kernel=experts.kernel)
-    for name, param in experts.named_parameters(recurse=False):
-        piece = param.detach()[rank * L:(rank + 1) * L].clone()
-        setattr(local, name, nn.Parameter(piece, requires_grad=param.requires_grad))
-    local.train(experts.training)
-    return local
+    return experts.expert_slice(rank * L, (rank + 1) * L)
 
 
 def apply_expert_parallel(model: nn.Module, group: dist.ProcessGroup | DeviceMesh | None = None,
@@ -239,7 +232,9 @@ def apply_expert_parallel(model: nn.Module, group: dist.ProcessGroup | DeviceMes
         layer.dispatcher = AllToAllDispatcher(layer.dispatcher, ep, num_experts=layer.num_experts,
                                               context=context)
         layer.reduce_sums = SumOverGroup(batch, context)
-        layer.router.reduce_counts = CountsOverGroup(batch, context)
+        for router in layer.modules():  # the layer's moekit router, whatever its child name
+            if isinstance(router, Router):
+                router.reduce_counts = CountsOverGroup(batch, context)
         base = f"{prefix}.experts" if prefix else "experts"
         expert_params += [f"{base}.{p}" for p, _ in layer.experts.named_parameters()]
     return ExpertParallelPlan(layers=tuple(names), ep_group=ep, ep_size=size, ep_rank=rank,
