@@ -20,17 +20,18 @@ MOEKIT_ALL = ["__version__", "data", "estimators", "integrations", "kernels", "l
 CLI_FLAGS_SNAPSHOT: dict[str, list[str]] = {
     "bench": ["--balanced", "--device", "--dtype", "--help", "--json", "--no-memory", "--quick", "--repeats", "--scale", "--seed", "--shapes", "--threads", "--tokens", "--warmup", "-h"],
     "demo": ["--device", "--force", "--help", "--output", "--quick", "--seed", "--steps", "-h", "-o"],
-    "fit": ["--classifier", "--drop", "--dropna", "--expert", "--experts", "--help", "--max-iter", "--n-init", "--output", "--se", "--seed", "--target", "-h", "-k", "-o", "csv"],
+    "fit": ["--classifier", "--criterion", "--decimal", "--delimiter", "--drop", "--dropna", "--encoding", "--expert", "--expert-alpha", "--experts", "--gate-alpha", "--help", "--hierarchical", "--max-experts", "--max-iter", "--n-init", "--no-target-check", "--output", "--quiet", "--se", "--seed", "--standardize", "--target", "--tol", "--verbose", "-h", "-k", "-o", "-q", "-v", "csv"],
     "info": ["--help", "--json", "-h"],
-    "predict": ["--alpha", "--dropna", "--help", "--output", "-h", "-o", "csv", "model"],
+    "predict": ["--alpha", "--decimal", "--delimiter", "--dropna", "--encoding", "--help", "--keep", "--output", "-h", "-o", "csv", "model"],
     "report": ["--format", "--help", "--output", "-h", "-o", "run_dir"],
     "train": ["--device", "--help", "--output", "--resume", "--steps", "-h", "config"],
 }
 
-LAYERS_ALL = ["FeedForward", "GroupedExperts", "MoELayer", "ModuleExperts", "Router", "RouterConfig",
-              "Routing", "RoutingStats", "SoftMoE", "capacity", "capacity_keep", "cv_squared",
-              "importance_load_loss", "router_z_loss", "switch_load_balancing_loss",
-              "total_aux_loss"]
+LAYERS_ALL = ["DispatchConfig", "ExpertsConfig", "FeedForward", "GroupedExperts", "MoEConfig",
+              "MoELayer", "ModuleExperts", "Router", "RouterConfig", "Routing", "RoutingStats",
+              "SharedExpertsConfig", "SoftMoE", "capacity", "capacity_keep", "cv_squared",
+              "importance_load_loss", "register_router_bias_update", "router_z_loss",
+              "switch_load_balancing_loss", "total_aux_loss", "update_router_biases"]
 
 
 def cli_flags() -> dict[str, list[str]]:

@@ -43,7 +43,7 @@ from torch import nn
 
 from moekit import __version__
 from moekit.layers import GroupedExperts, MoELayer
-from moekit.layers.dispatch import BACKEND_NAMES
+from moekit.layers.config import BACKEND_NAMES
 
 # Full-size shapes (d_model, d_ff per expert, experts, top_k), scaled down by ``scale``.
 SHAPES: dict[str, tuple[int, int, int, int]] = {

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from moekit.layers import FeedForward, MoELayer, capacity_keep, total_aux_loss
+from moekit.layers import FeedForward, MoELayer, capacity_keep, total_aux_loss, update_router_biases
 from moekit.layers.reference import reference_keep
 
 
@@ -119,17 +119,87 @@ def test_sigmoid_bias_updates_in_training_only_and_towards_balance():
     x = torch.randn(64, 8)
     x[:, 0] = 1.0
     moe.eval()
-    moe(x)
+    moe(x).sum().backward()
+    assert update_router_biases(moe) == 1
     assert torch.all(moe.router.expert_bias == 0), "eval mode must not touch the bias"
     moe.train()
-    moe(x)
+    y = moe(x)
+    assert torch.all(moe.router.expert_bias == 0), "the forward itself must not move the bias"
+    y.sum().backward()
+    update_router_biases(moe)
     bias = moe.router.expert_bias
     assert bias[0] < 0 and torch.all(bias[1:] > 0)
     before = bias.clone()
     with torch.no_grad():
         moe.eval()
         moe(x)
+    update_router_biases(moe)
     assert torch.equal(moe.router.expert_bias, before)
+    update_router_biases(moe)  # nothing counted since the last step: no change
+    assert torch.equal(moe.router.expert_bias, before)
+
+
+def _biased_moe(seed: int = 0) -> MoELayer:
+    torch.manual_seed(seed)
+    moe = MoELayer(8, 16, 6, 2, router="sigmoid_bias", bias_update_rate=0.01)
+    with torch.no_grad():
+        moe.router.weight.mul_(3.0)
+    return moe
+
+
+def test_sigmoid_bias_moves_once_per_step_under_gradient_accumulation():
+    """Four micro-batches then one update equal one update from the whole batch's counts."""
+    x = torch.randn(4, 16, 8)
+    whole, micro = _biased_moe(), _biased_moe()
+    whole(x.reshape(-1, 8)).sum().backward()
+    update_router_biases(whole)
+    for chunk in x:
+        micro(chunk).sum().backward()
+    assert torch.all(micro.router.expert_bias == 0)
+    update_router_biases(micro)
+    torch.testing.assert_close(micro.router.expert_bias, whole.router.expert_bias)
+    assert whole.router.expert_bias.abs().sum() > 0
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_sigmoid_bias_counts_a_checkpointed_forward_once(use_reentrant):
+    from torch.utils.checkpoint import checkpoint
+
+    x = torch.randn(32, 8, requires_grad=True)
+    plain, ckpt = _biased_moe(), _biased_moe()
+    plain(x).sum().backward()
+    checkpoint(ckpt, x, use_reentrant=use_reentrant).sum().backward()
+    torch.testing.assert_close(ckpt.router.pending_counts, plain.router.pending_counts)
+    assert plain.router.pending_counts.sum() == 32 * 2
+    update_router_biases(plain)
+    update_router_biases(ckpt)
+    torch.testing.assert_close(ckpt.router.expert_bias, plain.router.expert_bias)
+
+
+def test_router_bias_update_hook_runs_after_each_optimizer_step():
+    from moekit.layers import register_router_bias_update
+
+    moe = _biased_moe()
+    opt = torch.optim.SGD(moe.parameters(), lr=0.0)
+    handle = register_router_bias_update(opt, moe)
+    moe(torch.randn(20, 8)).sum().backward()
+    opt.step()
+    moved = moe.router.expert_bias.clone()
+    assert moved.abs().sum() > 0 and torch.all(moe.router.pending_counts == 0)
+    handle.remove()
+    moe(torch.randn(20, 8)).sum().backward()
+    opt.step()
+    assert torch.equal(moe.router.expert_bias, moved)
+
+
+def test_reduce_counts_sees_the_pending_counts_before_the_update():
+    moe = _biased_moe()
+    moe(torch.randn(20, 8)).sum().backward()
+    seen = []
+    update_router_biases(moe, reduce_counts=lambda c: seen.append(c.clone()) or c * 0 + 5.0)
+    assert seen and float(seen[0].sum()) == 40.0
+    assert torch.all(moe.router.expert_bias == 0)  # reduced counts are uniform: no move
+    assert moe.router.reduce_counts is None
 
 
 def test_nan_input_isolated_and_router_state_untouched():
@@ -141,6 +211,8 @@ def test_nan_input_isolated_and_router_state_untouched():
     x_bad[3, 2] = float("nan")
     moe.train()
     y = moe(x_bad)
+    y[[i for i in range(10) if i != 3]].sum().backward()
+    update_router_biases(moe)
     assert torch.all(moe.router.expert_bias == 0), "a non-finite batch must not move the bias"
     assert not torch.isfinite(y[3]).all()
     rows = [i for i in range(10) if i != 3]

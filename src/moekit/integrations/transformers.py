@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from moekit.layers.dispatch import Backend
+from moekit.layers.config import Backend
 from moekit.layers.experts import FeedForward, GroupedExperts
 from moekit.layers.moe import MoELayer
 
@@ -417,7 +417,7 @@ def from_transformers(
         the block config's ``router_aux_loss_coef`` for softmax routers (the coefficient
         transformers applies when ``output_router_logits=True``) and 0 for DeepSeek-V3.
     bias_update_rate : DeepSeek-V3 only: the aux-loss-free bias update
-        ``expert_bias += rate * sign(mean_load - load_e)`` applied in training mode. The default 0
+        ``expert_bias += rate * sign(mean_load - load_e)`` applied by ``update_router_biases``. The default 0
         keeps ``e_score_correction_bias`` fixed, as transformers' block does.
 
     Returns
@@ -482,6 +482,8 @@ def from_transformers(
     if layer.shared_gate is not None and spec.shared_gate_attr is not None:
         layer.shared_gate.to(dtype=getattr(hf_block, spec.shared_gate_attr).weight.dtype)
     layer.to_empty(device=gate_up.device)
+    if spec.router == "sigmoid_bias":
+        layer.router.pending_counts.zero_()  # to_empty leaves buffers uninitialised
     _copy(hf_block, layer, spec, to_moekit=True)
     return layer.train(hf_block.training)
 

@@ -1,43 +1,53 @@
-"""Dispatch: from a :class:`~moekit.layers.routing.Routing` to expert outputs combined per token.
+"""Dispatch and combine: from a :class:`~moekit.layers.routing.Routing` to expert rows and back.
 
 Legend: T tokens, D model dim, E experts, K slots per token, S = T*K token-slots, R rows of the
-expert buffer (slots sorted by expert), C capacity (slots an expert takes at most).
+expert buffer (kept slots sorted by expert, then any rows of dropped slots), C capacity (slots an
+expert takes at most).
 
-Steps: (1) :func:`capacity_keep` decides which slots survive the capacity limit; (2) a backend runs
-the experts on the kept slots and returns ``y_TD = sum_k w_TK * expert_{i_TK}(x_T)`` over kept
-slots. Dropped slots contribute zero (the residual around the layer carries the token).
+The seam between routing and experts (torchtitan's ``TokenDispatcher`` shape)::
 
-Backends (same signature ``(x_TD, indices_TK, weights_TK, keep_TK, experts) -> y_TD``):
+    x_RD, tokens_per_expert_E, meta = dispatcher.dispatch(x_TD, routing, keep_TK)
+    y_RD = experts(x_RD, tokens_per_expert_E)            # experts see nothing else
+    y_TD = dispatcher.combine(y_RD, meta)                # sum_k w_TK * y of each kept slot
 
-- ``loop``: one expert at a time, gathering its tokens and adding back with ``index_add_``. Short
-  and readable; a host sync per expert.
-- ``grouped_mm``: sorts slots by expert on the device (no host sync), runs all experts as grouped
-  matmuls over one buffer, and combines by gathering each token's K rows back (no atomics, so the
-  result is deterministic).
+Rows of expert e are ``x_RD[n_0 + ... + n_{e-1} : n_0 + ... + n_e]``; rows past the last expert's
+(dropped slots, when ``keep_TK`` drops some) are ignored by the experts and never reach a token.
+``meta`` (:class:`DispatchMetadata`) is a frozen record of the permutation and the combine weights;
+dispatchers hold no learnable state (they are not ``nn.Module``\\ s). ``dispatcher(x_TD, routing,
+keep_TK, experts)`` runs the three steps; a fused implementation may override that call, never
+the meaning. Expert parallelism (:mod:`moekit.parallel`) is another dispatcher with the same two
+methods, wrapping a local one around its all-to-alls.
 
-Capacity: ``C = ceil(capacity_factor * T * K / E)``. With ``drop_policy="position"`` an expert
-keeps slots in GShard/Switch priority order: every token's first choice before any second choice,
-and within a choice rank earlier tokens first. With ``drop_policy="score"`` it keeps the slots
-with the largest combine weights (ties by position).
+Implementations:
+
+- :class:`SortedDispatcher` (``backend="grouped_mm"``): sorts slots by expert on the device (no
+  host sync), gathers rows, combines by gathering each token's K rows back (no atomics, so the
+  result is deterministic; the backward of dispatch is a combine and vice versa).
+- :class:`LoopDispatcher` (``backend="loop"``): the readable reference, one expert at a time with
+  ``torch.where`` and ``index_add`` (a host sync per expert).
+
+Capacity (token choice): ``C = ceil(capacity_factor * T * K / E)``. With ``drop_policy="position"``
+an expert keeps slots in GShard/Switch priority order: every token's first choice before any
+second choice, and within a choice rank earlier tokens first. With ``drop_policy="score"`` it keeps
+the slots with the largest combine weights (ties by position). :func:`capacity_keep` decides which
+slots survive; the dispatcher receives the result as ``keep_TK`` (None = every slot, dropless).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Literal, get_args
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from moekit.kernels.grouped_mm import grouped_matmul
+from moekit.kernels.ops import gather_rows, sum_rows
 from moekit.layers._checks import count_values, router_dtype
-from moekit.layers.experts import GroupedExperts, ModuleExperts
+from moekit.layers.config import DropPolicy
+from moekit.layers.routing import Routing
 
-Backend = Literal["loop", "grouped_mm"]
-BACKEND_NAMES: tuple[str, ...] = get_args(Backend)
-DropPolicy = Literal["position", "score"]
-DROP_POLICIES: tuple[str, ...] = get_args(DropPolicy)
-Experts = GroupedExperts | ModuleExperts
+if TYPE_CHECKING:
+    from moekit.layers.experts import Experts
 
 
 def capacity(num_tokens: int, top_k: int, num_experts: int, capacity_factor: float | None) -> int | None:
@@ -76,109 +86,148 @@ def capacity_keep(indices_TK: torch.Tensor, weights_TK: torch.Tensor, num_expert
     return keep_P.view(K, T).t()
 
 
-def loop_backend(x_TD: torch.Tensor, indices_TK: torch.Tensor, weights_TK: torch.Tensor,
-                 keep_TK: torch.Tensor, experts: Experts) -> torch.Tensor:
-    """Reference dispatch: for each expert, gather its tokens, run it, add the weighted output."""
-    # An empty slice of x keeps y in the autograd graph even when no slot reaches an expert.
-    acc = router_dtype(x_TD.dtype)
-    y_TD = torch.zeros(x_TD.shape, dtype=acc, device=x_TD.device) + x_TD[:0].sum()
-    for e in range(experts.num_experts):
-        token_idx, slot_idx = torch.where((indices_TK == e) & keep_TK)
-        if token_idx.numel() == 0:
-            continue
-        out = experts.forward_expert(e, x_TD[token_idx])
-        y_TD = y_TD.index_add(0, token_idx, out.to(acc) * weights_TK[token_idx, slot_idx, None].to(acc))
-    return y_TD.to(x_TD.dtype)
+@dataclass(frozen=True, kw_only=True)
+class DispatchMetadata:
+    """How the rows of a dispatched buffer map back to tokens (a permutation record).
 
-
-def _sum_rows(v_RD: torch.Tensor, rank_TK: torch.Tensor, valid_TK: torch.Tensor | None) -> torch.Tensor:
-    """``out_TD[t] = sum_k v_RD[rank_TK[t, k]]`` over valid slots: a gather and a sum, no atomics."""
-    T, K = rank_TK.shape
-    if v_RD.shape[0] == 0:
-        return v_RD.new_zeros(T, v_RD.shape[-1])
-    g_TKD = v_RD[rank_TK.clamp(max=v_RD.shape[0] - 1).reshape(-1)].view(T, K, -1)
-    if valid_TK is not None:
-        g_TKD = g_TKD.masked_fill(~valid_TK.unsqueeze(-1), 0)
-    return g_TKD.sum(dim=1)
-
-
-class _GatherRows(torch.autograd.Function):
-    """``x_RD = x_TD[token_R]``; the backward sums each token's rows by gathering (deterministic)."""
-
-    @staticmethod
-    def forward(ctx, x_TD, token_R, rank_TK, valid_TK):  # type: ignore[no-untyped-def, override]
-        ctx.save_for_backward(rank_TK, valid_TK)
-        ctx.has_valid = valid_TK is not None
-        return x_TD.index_select(0, token_R)
-
-    @staticmethod
-    def backward(ctx, grad_RD):  # type: ignore[no-untyped-def, override]
-        rank_TK, valid_TK = ctx.saved_tensors
-        return _sum_rows(grad_RD, rank_TK, valid_TK if ctx.has_valid else None), None, None, None
-
-
-class _SumRows(torch.autograd.Function):
-    """``y_TD = sum_k v_RD[rank_TK[:, k]]``; the backward is the gather ``grad_TD[token_R]``."""
-
-    @staticmethod
-    def forward(ctx, v_RD, rank_TK, valid_TK, token_R):  # type: ignore[no-untyped-def, override]
-        ctx.save_for_backward(token_R)
-        return _sum_rows(v_RD, rank_TK, valid_TK)
-
-    @staticmethod
-    def backward(ctx, grad_TD):  # type: ignore[no-untyped-def, override]
-        (token_R,) = ctx.saved_tensors
-        return grad_TD.index_select(0, token_R), None, None, None
-
-
-def grouped_backend(x_TD: torch.Tensor, indices_TK: torch.Tensor, weights_TK: torch.Tensor,
-                    keep_TK: torch.Tensor | None, experts: Experts,
-                    cap: int | None = None) -> torch.Tensor:
-    """Sorted dispatch + grouped matmuls + gather combine; no host sync, no atomics.
-
-    ``keep_TK=None`` means every slot is kept (dropless): the buffer then holds exactly S rows
-    and no masking is needed.
+    Attributes
+    ----------
+    num_tokens : T.
+    token_R : (R,) int64 token of each row.
+    rank_TK : (T, K) int64 row of each slot.
+    weight_R : (R,) combine weight of each row, float32 (float64 for float64 inputs); 0 for rows
+        of dropped slots.
+    keep_TK : (T, K) bool kept slots, or None when every slot is kept.
+    out_dtype : dtype of the combined output (the input's).
+    full : every row belongs to an expert (``sum(tokens_per_expert_E) == R``, dropless).
     """
-    if not isinstance(experts, GroupedExperts):
-        raise TypeError("backend='grouped_mm' needs GroupedExperts; ModuleExperts run with backend='loop'")
-    T, K = indices_TK.shape
-    E = experts.num_experts
-    S = T * K
-    full = keep_TK is None
-    # Rows in the buffer: every slot when dropless, else at most E*C (a static bound, no sync).
-    R = S if cap is None else min(S, E * cap)
-    key_S = indices_TK.reshape(-1) if keep_TK is None else torch.where(keep_TK, indices_TK, E).reshape(-1)
-    order_S = _sort_by_expert(key_S)
-    row_order_R = order_S[:R]
-    token_R = torch.div(row_order_R, K, rounding_mode="floor")
-    expert_R = key_S[row_order_R]
-    counts_E = count_values(key_S, E + 1)[:E]
-    offsets_E = torch.cumsum(counts_E, 0).to(torch.int32)
-    rank_TK = torch.empty_like(order_S).scatter_(
-        0, order_S, torch.arange(S, device=x_TD.device)).view(T, K)
-    x_RD = _GatherRows.apply(x_TD, token_R, rank_TK, keep_TK)
-    out_RD = experts.forward_grouped(x_RD, offsets_E, expert_R.clamp(max=E - 1),
-                                     lambda a, w, o: grouped_matmul(a, w, o, full))
-    acc = router_dtype(x_TD.dtype)
-    w_R = weights_TK.reshape(-1)[row_order_R].to(acc)
-    if not full:
-        w_R = w_R.masked_fill(expert_R >= E, 0)  # rows of dropped slots (past the last group)
-    y_TD = _SumRows.apply(out_RD.to(acc) * w_R.unsqueeze(-1), rank_TK, keep_TK, token_R)
-    return y_TD.to(x_TD.dtype)
+
+    num_tokens: int
+    token_R: torch.Tensor
+    rank_TK: torch.Tensor
+    weight_R: torch.Tensor
+    keep_TK: torch.Tensor | None
+    out_dtype: torch.dtype
+    full: bool
 
 
-BackendFn = Callable[..., torch.Tensor]
+class Dispatcher:
+    """Base of every dispatcher: :meth:`dispatch`, :meth:`combine`, and the call composing them."""
+
+    name: ClassVar[str] = "abstract"
+
+    def dispatch(self, x_TD: torch.Tensor, routing: Routing, keep_TK: torch.Tensor | None,
+                 capacity: int | None = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor, DispatchMetadata]:
+        """Rows for the experts: ``(x_RD, tokens_per_expert_E, meta)``.
+
+        ``capacity`` (optional) is the static bound C per expert that ``keep_TK`` obeys (as
+        :func:`capacity_keep` guarantees); it only sizes the buffer (``R = min(T*K, E*C)``), it
+        never decides what drops, and it is ignored when ``keep_TK`` is None.
+        """
+        num_experts = routing.logits_TE.shape[-1]
+        return self.dispatch_slots(x_TD, routing.indices_TK, routing.weights_TK, keep_TK,
+                                   num_experts, capacity)
+
+    def dispatch_slots(self, x_TD: torch.Tensor, indices_TK: torch.Tensor,
+                       weights_TK: torch.Tensor, keep_TK: torch.Tensor | None, num_experts: int,
+                       capacity: int | None = None,
+                       ) -> tuple[torch.Tensor, torch.Tensor, DispatchMetadata]:
+        """:meth:`dispatch` from the slot tensors alone (what an outer dispatcher has)."""
+        raise NotImplementedError
+
+    def combine(self, y_RD: torch.Tensor, meta: DispatchMetadata) -> torch.Tensor:
+        """``y_TD[t] = sum over kept slots k of weight * y_RD[row of (t, k)]``, in ``meta.out_dtype``."""
+        raise NotImplementedError
+
+    def __call__(self, x_TD: torch.Tensor, routing: Routing, keep_TK: torch.Tensor | None,
+                 experts: Experts, capacity: int | None = None) -> torch.Tensor:
+        x_RD, tokens_per_expert_E, meta = self.dispatch(x_TD, routing, keep_TK, capacity)
+        y_RD = experts(x_RD, tokens_per_expert_E, full=meta.full)
+        return self.combine(y_RD, meta)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
 
 
-def run_experts(x_TD: torch.Tensor, indices_TK: torch.Tensor, weights_TK: torch.Tensor,
-                keep_TK: torch.Tensor | None, experts: Experts, backend: Backend,
-                cap: int | None = None) -> torch.Tensor:
-    """Run ``experts`` on the kept slots with ``backend``; returns ``y_TD`` in ``x_TD``'s dtype.
+class SortedDispatcher(Dispatcher):
+    """Sort slots by expert on the device; gather rows; combine by gathering rows back.
 
-    ``keep_TK=None`` means every slot is kept.
+    No host sync, no atomics. With ``keep_TK=None`` (dropless) the buffer holds exactly ``T*K``
+    rows and nothing needs masking.
     """
-    if backend == "loop":
-        if keep_TK is None:
-            keep_TK = torch.ones_like(indices_TK, dtype=torch.bool)
-        return loop_backend(x_TD, indices_TK, weights_TK, keep_TK, experts)
-    return grouped_backend(x_TD, indices_TK, weights_TK, keep_TK, experts, cap)
+
+    name: ClassVar[str] = "sorted"
+
+    def dispatch_slots(self, x_TD: torch.Tensor, indices_TK: torch.Tensor,
+                       weights_TK: torch.Tensor, keep_TK: torch.Tensor | None, num_experts: int,
+                       capacity: int | None = None,
+                       ) -> tuple[torch.Tensor, torch.Tensor, DispatchMetadata]:
+        T, K = indices_TK.shape
+        E, S = num_experts, T * K
+        full = keep_TK is None
+        # Rows in the buffer: every slot when dropless, else at most E*C (a static bound, no sync).
+        R = S if full or capacity is None else min(S, E * capacity)
+        key_S = (indices_TK if keep_TK is None else torch.where(keep_TK, indices_TK, E)).reshape(-1)
+        order_S = _sort_by_expert(key_S)
+        row_order_R = order_S[:R]
+        token_R = torch.div(row_order_R, K, rounding_mode="floor")
+        tokens_per_expert_E = count_values(key_S, E + 1)[:E]
+        rank_TK = torch.empty_like(order_S).scatter_(
+            0, order_S, torch.arange(S, device=x_TD.device)).view(T, K)
+        x_RD = gather_rows(x_TD, token_R, rank_TK, keep_TK)
+        weight_R = weights_TK.reshape(-1)[row_order_R].to(router_dtype(x_TD.dtype))
+        if not full:
+            weight_R = weight_R.masked_fill(key_S[row_order_R] >= E, 0)  # rows of dropped slots
+        meta = DispatchMetadata(num_tokens=T, token_R=token_R, rank_TK=rank_TK, weight_R=weight_R,
+                                keep_TK=keep_TK, out_dtype=x_TD.dtype, full=full)
+        return x_RD, tokens_per_expert_E, meta
+
+    def combine(self, y_RD: torch.Tensor, meta: DispatchMetadata) -> torch.Tensor:
+        weighted_RD = y_RD.to(meta.weight_R.dtype) * meta.weight_R.unsqueeze(-1)
+        y_TD = sum_rows(weighted_RD, meta.rank_TK, meta.keep_TK, meta.token_R)
+        return y_TD.to(meta.out_dtype)
+
+
+class LoopDispatcher(Dispatcher):
+    """The readable reference: for each expert, the slots routed to it (a host sync per expert)."""
+
+    name: ClassVar[str] = "loop"
+
+    def dispatch_slots(self, x_TD: torch.Tensor, indices_TK: torch.Tensor,
+                       weights_TK: torch.Tensor, keep_TK: torch.Tensor | None, num_experts: int,
+                       capacity: int | None = None,
+                       ) -> tuple[torch.Tensor, torch.Tensor, DispatchMetadata]:
+        T, K = indices_TK.shape
+        kept_TK = torch.ones_like(indices_TK, dtype=torch.bool) if keep_TK is None else keep_TK
+        tokens, slots, counts = [], [], []
+        for e in range(num_experts):
+            token_idx, slot_idx = torch.where((indices_TK == e) & kept_TK)
+            tokens.append(token_idx)
+            slots.append(slot_idx)
+            counts.append(token_idx.numel())
+        token_R = torch.cat(tokens) if tokens else indices_TK.new_zeros(0)
+        slot_R = torch.cat(slots) if slots else indices_TK.new_zeros(0)
+        rank_TK = torch.zeros_like(indices_TK)
+        rank_TK[token_R, slot_R] = torch.arange(token_R.numel(), device=x_TD.device)
+        acc = router_dtype(x_TD.dtype)
+        meta = DispatchMetadata(num_tokens=T, token_R=token_R, rank_TK=rank_TK,
+                                weight_R=weights_TK[token_R, slot_R].to(acc), keep_TK=kept_TK,
+                                out_dtype=x_TD.dtype, full=True)
+        # x_TD[:0].sum() keeps the buffer in the autograd graph even when nothing is routed.
+        x_RD = x_TD[token_R] + x_TD[:0].sum()
+        return x_RD, torch.tensor(counts, dtype=torch.int64, device=x_TD.device), meta
+
+    def combine(self, y_RD: torch.Tensor, meta: DispatchMetadata) -> torch.Tensor:
+        acc = meta.weight_R.dtype
+        zeros_TD = torch.zeros(meta.num_tokens, y_RD.shape[-1], dtype=acc, device=y_RD.device)
+        y_TD = zeros_TD.index_add(0, meta.token_R, y_RD.to(acc) * meta.weight_R.unsqueeze(-1))
+        return y_TD.to(meta.out_dtype)
+
+
+_DISPATCHERS: dict[str, type[Dispatcher]] = {"loop": LoopDispatcher, "grouped_mm": SortedDispatcher}
+
+
+def make_dispatcher(backend: str) -> Dispatcher:
+    """The dispatcher of a backend name (``"loop"`` or ``"grouped_mm"``)."""
+    return _DISPATCHERS[backend]()

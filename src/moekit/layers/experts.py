@@ -1,11 +1,18 @@
 """Experts: the feed-forward networks a router chooses between.
 
-Legend: R rows (token-slots sorted by expert), D model dim, F expert hidden dim, E experts.
+Legend: R rows (token-slots sorted by expert), D model dim, F expert hidden dim, H input
+projection width (2F for gated activations, else F), E experts.
 
-- :class:`GroupedExperts` stacks E FFNs' weights, ``w_up_EDF`` etc., so all experts run as one
-  grouped matmul over rows sorted by expert.
+Every experts module is called as ``experts(x_RD, tokens_per_expert_E) -> y_RD``: rows of expert
+e are the e-th consecutive block of ``tokens_per_expert_E[e]`` rows; rows past the last block
+(dropped slots) come back as zeros. That is all a dispatcher passes (plus the hint ``full=True``
+when no such rows exist).
+
+- :class:`GroupedExperts` stacks E FFNs' weights (``w_in_EDH``, ``w_down_EFD``) so all experts run
+  as grouped matmuls; ``kernel`` names how (``"grouped_mm"``: :mod:`moekit.kernels.grouped_mm`;
+  ``"loop"``: :meth:`GroupedExperts.forward_expert` block by block, the readable reference).
 - :class:`ModuleExperts` wraps any list of modules (architectures may differ); it runs expert by
-  expert (the ``loop`` backend).
+  expert.
 - :class:`FeedForward` is one dense FFN (shared experts, dense baselines).
 
 An expert with a gated activation (``swiglu``, ``geglu``) computes
@@ -21,10 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moekit.kernels.grouped_mm import grouped_matmul
 from moekit.layers._checks import check_choice, check_positive_int
 
 Activation = Literal["swiglu", "geglu", "gelu", "relu", "silu"]
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)
+ExpertKernel = Literal["grouped_mm", "loop"]
+EXPERT_KERNELS: tuple[str, ...] = get_args(ExpertKernel)
 GATED: frozenset[str] = frozenset({"swiglu", "geglu"})
 
 _ACT_FN: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -88,6 +98,8 @@ class GroupedExperts(_InputProjection, nn.Module):
     d_model, d_ff, num_experts : sizes D, F, E.
     activation : one of ``"swiglu"``, ``"geglu"``, ``"gelu"``, ``"relu"``, ``"silu"``.
     bias : add per-expert biases ``b_in`` (E, H) and ``b_down`` (E, D).
+    kernel : ``"grouped_mm"`` (grouped matmuls) or ``"loop"`` (one expert at a time, the
+        reference); an :class:`~moekit.layers.MoELayer` sets it from its ``backend``.
 
     Attributes
     ----------
@@ -97,8 +109,9 @@ class GroupedExperts(_InputProjection, nn.Module):
     """
 
     def __init__(self, d_model: int, d_ff: int, num_experts: int, activation: Activation = "swiglu",
-                 bias: bool = False) -> None:
+                 bias: bool = False, kernel: ExpertKernel = "grouped_mm") -> None:
         super().__init__()
+        self.kernel: ExpertKernel = check_choice("kernel", kernel, EXPERT_KERNELS)  # type: ignore[assignment]
         self.d_model = check_positive_int("d_model", d_model)
         self.d_ff = check_positive_int("d_ff", d_ff)
         self.num_experts = check_positive_int("num_experts", num_experts)
@@ -122,25 +135,43 @@ class GroupedExperts(_InputProjection, nn.Module):
             out_RD = out_RD + self.b_down[e]
         return out_RD
 
-    def forward_grouped(self, x_RD: torch.Tensor, offsets_E: torch.Tensor, expert_R: torch.Tensor,
-                        matmul: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-                        ) -> torch.Tensor:
-        """Run all experts on rows sorted by expert, as grouped matmuls.
+    def forward(self, x_RD: torch.Tensor, tokens_per_expert_E: torch.Tensor, *,
+                full: bool = False) -> torch.Tensor:
+        """Run every expert on its block of rows: (R, D) -> (R, D).
 
         Parameters
         ----------
-        x_RD : (R, D) rows; rows of expert e are ``offsets_E[e-1]:offsets_E[e]``; rows past
-            ``offsets_E[-1]`` are ignored and come back as zeros.
-        offsets_E : (E,) int32 cumulative row counts.
-        expert_R : (R,) expert of each row (used for the biases only).
-        matmul : grouped matmul ``(x_RD, w_EDF, offsets_E) -> (R, F)``.
+        x_RD : (R, D) rows sorted by expert; rows past ``tokens_per_expert_E.sum()`` are ignored
+            and come back as zeros (with zero gradient).
+        tokens_per_expert_E : (E,) int rows of each expert.
+        full : the caller promises ``tokens_per_expert_E.sum() == R`` (skips masking the tail).
         """
-        in_RH = matmul(x_RD, self.w_in, offsets_E)
+        if self.kernel == "loop":
+            return self._forward_loop(x_RD, tokens_per_expert_E)
+        offsets_E = torch.cumsum(tokens_per_expert_E, 0).to(torch.int32)
+        in_RH = grouped_matmul(x_RD, self.w_in, offsets_E, full)
         if self.b_in is not None:
-            in_RH = in_RH + self.b_in[expert_R]
-        out_RD = matmul(self._hidden(in_RH, self.act), self.w_down, offsets_E)
+            in_RH = in_RH + self._bias_rows(self.b_in, offsets_E, x_RD.shape[0])
+        out_RD = grouped_matmul(self._hidden(in_RH, self.act), self.w_down, offsets_E, full)
         if self.b_down is not None:
-            out_RD = out_RD + self.b_down[expert_R]
+            out_RD = out_RD + self._bias_rows(self.b_down, offsets_E, x_RD.shape[0])
+        return out_RD
+
+    def _bias_rows(self, b_EX: torch.Tensor, offsets_E: torch.Tensor, rows: int) -> torch.Tensor:
+        """(R, X) bias of each row's expert; zero for rows past the last expert (no host sync)."""
+        row_R = torch.arange(rows, device=b_EX.device, dtype=offsets_E.dtype)
+        expert_R = torch.searchsorted(offsets_E, row_R, right=True)
+        b_RX = b_EX[expert_R.clamp(max=b_EX.shape[0] - 1)]
+        return b_RX.masked_fill((expert_R >= b_EX.shape[0]).unsqueeze(-1), 0)
+
+    def _forward_loop(self, x_RD: torch.Tensor, tokens_per_expert_E: torch.Tensor) -> torch.Tensor:
+        out_RD = x_RD.new_zeros(x_RD.shape) + x_RD[:0].sum()  # connected to the graph when empty
+        start = 0
+        for e, count in enumerate(tokens_per_expert_E.tolist()):
+            if count > 0:
+                rows = torch.arange(start, start + count, device=x_RD.device)
+                out_RD = out_RD.index_copy(0, rows, self.forward_expert(e, x_RD[start:start + count]))
+            start += count
         return out_RD
 
     def forward_batched(self, x_ERD: torch.Tensor) -> torch.Tensor:
@@ -153,7 +184,8 @@ class GroupedExperts(_InputProjection, nn.Module):
 
     def extra_repr(self) -> str:
         return (f"num_experts={self.num_experts}, d_model={self.d_model}, d_ff={self.d_ff}, "
-                f"activation={self.activation!r}, bias={self.b_in is not None}")
+                f"activation={self.activation!r}, bias={self.b_in is not None}, "
+                f"kernel={self.kernel!r}")
 
 
 class ModuleExperts(nn.Module):
@@ -171,6 +203,19 @@ class ModuleExperts(nn.Module):
 
     def forward_expert(self, e: int, x_RD: torch.Tensor) -> torch.Tensor:
         return self.experts[e](x_RD)
+
+    def forward(self, x_RD: torch.Tensor, tokens_per_expert_E: torch.Tensor, *,
+                full: bool = False) -> torch.Tensor:
+        """Run expert e on its block of rows (a host sync for the block sizes)."""
+        out_RD = x_RD.new_zeros(x_RD.shape) + x_RD[:0].sum()
+        start = 0
+        for e, count in enumerate(tokens_per_expert_E.tolist()):
+            if count > 0:
+                rows = torch.arange(start, start + count, device=x_RD.device)
+                out = self.forward_expert(e, x_RD[start:start + count]).to(out_RD.dtype)
+                out_RD = out_RD.index_copy(0, rows, out)
+            start += count
+        return out_RD
 
 
 class FeedForward(_InputProjection, nn.Module):
@@ -200,3 +245,6 @@ class FeedForward(_InputProjection, nn.Module):
             h = h + self.b_in
         out = self._hidden(h, self.act) @ self.w_down
         return out + self.b_down if self.b_down is not None else out
+
+
+Experts = GroupedExperts | ModuleExperts

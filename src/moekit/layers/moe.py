@@ -15,67 +15,33 @@ such tokens.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from moekit.layers._checks import (
-    check_choice,
-    check_dtype_matches,
-    check_input,
-    check_positive_int,
-    count_values,
-)
-from moekit.layers.dispatch import (
+from moekit.layers._checks import check_choice, check_dtype_matches, check_input
+from moekit.layers.config import (
     BACKEND_NAMES,
-    DROP_POLICIES,
     Backend,
+    DispatchConfig,
     DropPolicy,
-    capacity,
-    capacity_keep,
-    run_experts,
+    MoEConfig,
 )
+from moekit.layers.dispatch import Dispatcher, capacity, capacity_keep, make_dispatcher
 from moekit.layers.experts import Activation, FeedForward, GroupedExperts, ModuleExperts
 from moekit.layers.losses import router_z_loss
-from moekit.layers.routing import (
-    Router,
-    RouterConfig,
-    RouterKind,
-    Routing,
-    expert_choice_capacity,
-)
-
-
-@dataclass
-class RoutingStats:
-    """Routing statistics of one forward (all tensors detached).
-
-    Attributes
-    ----------
-    tokens_per_expert : (E,) int64 token-slots each expert processed (after capacity drops).
-    load : (E,) float32 fraction of processed slots per expert (sums to 1; uniform = 1/E).
-    dropped_fraction : scalar, fraction of requested slots dropped by capacity (for
-        ``expert_choice``: fraction of tokens no expert picked).
-    router_entropy : scalar, mean entropy (nats) of the router's distribution per token.
-    indices : (T, K) expert of each token-slot, -1 where the slot was dropped.
-    """
-
-    tokens_per_expert: torch.Tensor
-    load: torch.Tensor
-    dropped_fraction: torch.Tensor
-    router_entropy: torch.Tensor
-    indices: torch.Tensor
-
-    def balance(self) -> float:
-        """max load / mean load: 1.0 is perfectly balanced, E means one expert took everything."""
-        load = self.load.float()
-        return float(load.max() / load.mean().clamp_min(1e-12)) if load.numel() else 1.0
+from moekit.layers.routing import Router, RouterKind, Routing
+from moekit.layers.stats import RoutingStats, routing_stats
 
 
 class MoELayer(nn.Module):
     """Sparse Mixture-of-Experts feed-forward layer.
+
+    The keywords below build one frozen :class:`~moekit.layers.MoEConfig` (``layer.config``);
+    ``MoELayer.from_config(config)`` builds the same layer from a config. Forward: route,
+    keep (capacity), dispatch, experts, combine (``layer.dispatcher``), plus the shared experts.
 
     Parameters
     ----------
@@ -92,12 +58,15 @@ class MoELayer(nn.Module):
         shared_d_ff`` (default ``d_ff``) that every token passes through.
     shared_expert_gate : scale the shared output by ``sigmoid(x . w)`` (Qwen2-MoE).
     normalize : renormalise the top-k weights to sum 1 (``topk`` and ``sigmoid_bias``).
-    n_group, topk_group, routed_scaling_factor, bias_update_rate : ``sigmoid_bias`` options.
+    n_group, topk_group, routed_scaling_factor, bias_update_rate : ``sigmoid_bias`` options; the
+        bias moves when :func:`~moekit.layers.update_router_biases` is called (once per
+        optimizer step; ``moekit train`` does it), from the counts of the training forwards.
     expert_bias : biases inside the expert FFNs.
     aux_loss_weight : weight of the balancing loss; None = 0.01, or 0 for the routers that
         balance without it (``sigmoid_bias``, ``expert_choice``).
     z_loss_weight : weight of the router z-loss.
-    backend : None (automatic), ``"loop"`` or ``"grouped_mm"``.
+    backend : None (automatic), ``"loop"`` (the readable reference) or ``"grouped_mm"``;
+        assign ``layer.backend = name`` to switch later (same weights).
     experts : optional list of modules to use as experts instead of grouped FFNs (any
         architecture, mapping (R, D) -> (R, D)); runs with the ``loop`` backend.
 
@@ -137,51 +106,113 @@ class MoELayer(nn.Module):
         experts: Sequence[nn.Module] | None = None,
     ) -> None:
         super().__init__()
-        check_choice("drop_policy", drop_policy, DROP_POLICIES)
-        if backend is not None:
-            check_choice("backend", backend, BACKEND_NAMES)
-        if isinstance(num_shared_experts, bool) or not isinstance(num_shared_experts, int) \
-                or num_shared_experts < 0:
-            raise ValueError(f"num_shared_experts={num_shared_experts!r} must be an int >= 0")
         if experts is not None and len(experts) != num_experts:
             raise ValueError(
                 f"experts has {len(experts)} modules but num_experts={num_experts}; "
                 f"pass num_experts={len(experts)}"
             )
-        self.router = Router(RouterConfig(
-            kind=router, d_model=d_model, num_experts=num_experts, top_k=top_k,
-            normalize=normalize, n_group=n_group, topk_group=topk_group,
-            routed_scaling_factor=routed_scaling_factor, bias_update_rate=bias_update_rate,
-            capacity_factor=capacity_factor,
-        ))
-        check_positive_int("d_ff", d_ff)
-        self.d_model, self.d_ff, self.num_experts, self.top_k = d_model, d_ff, num_experts, top_k
-        self.capacity_factor = capacity_factor
-        self.drop_policy: DropPolicy = drop_policy
+        if experts is not None and backend == "grouped_mm":
+            raise ValueError("backend='grouped_mm' needs grouped FFN experts; with experts=[...] "
+                             "use backend='loop' or None")
+        config = MoEConfig.create(
+            d_model=d_model, d_ff=d_ff, num_experts=num_experts, top_k=top_k, router=router,
+            activation=activation, capacity_factor=capacity_factor, drop_policy=drop_policy,
+            num_shared_experts=num_shared_experts, shared_d_ff=shared_d_ff,
+            shared_expert_gate=shared_expert_gate, normalize=normalize, n_group=n_group,
+            topk_group=topk_group, routed_scaling_factor=routed_scaling_factor,
+            bias_update_rate=bias_update_rate, expert_bias=expert_bias,
+            aux_loss_weight=aux_loss_weight, z_loss_weight=z_loss_weight, backend=backend,
+        )
+        self._build(config, experts)
+
+    @classmethod
+    def from_config(cls, config: MoEConfig) -> MoELayer:
+        """The layer described by ``config`` (fresh weights); ``layer.config == config``."""
+        if not isinstance(config, MoEConfig):
+            raise TypeError(f"config is a {type(config).__name__}; pass a moekit.layers.MoEConfig "
+                            "(MoEConfig.create(d_model=..., d_ff=..., num_experts=...) builds one)")
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer._build(config, None)
+        return layer
+
+    def _build(self, config: MoEConfig, experts: Sequence[nn.Module] | None) -> None:
+        self.config = config
+        self.router = Router(config.router)
         self.experts: GroupedExperts | ModuleExperts
         if experts is not None:
-            if backend == "grouped_mm":
-                raise ValueError("backend='grouped_mm' needs grouped FFN experts; with experts=[...] "
-                                 "use backend='loop' or None")
             self.experts = ModuleExperts(experts)
         else:
-            self.experts = GroupedExperts(d_model, d_ff, num_experts, activation, bias=expert_bias)
-        self.backend: Backend = backend or ("loop" if experts is not None else "grouped_mm")
-        self.shared_experts = (
-            FeedForward(d_model, num_shared_experts * (shared_d_ff or d_ff), activation)
-            if num_shared_experts > 0 else None
-        )
-        self.shared_gate = (nn.Linear(d_model, 1, bias=False)
-                            if shared_expert_gate and self.shared_experts is not None else None)
-        if aux_loss_weight is None:
-            aux_loss_weight = 0.0 if router in ("sigmoid_bias", "expert_choice") else 0.01
-        if aux_loss_weight < 0 or z_loss_weight < 0:
-            raise ValueError(f"aux_loss_weight={aux_loss_weight} and z_loss_weight={z_loss_weight} "
-                             "must be >= 0")
-        self.aux_loss_weight = float(aux_loss_weight)
-        self.z_loss_weight = float(z_loss_weight)
+            ex = config.experts
+            self.experts = GroupedExperts(config.d_model, ex.d_ff, config.num_experts,
+                                          ex.activation, bias=ex.bias)
+        sh = config.shared
+        self.shared_experts = (FeedForward(config.d_model, sh.d_ff, config.experts.activation)
+                               if sh is not None else None)
+        self.shared_gate = (nn.Linear(config.d_model, 1, bias=False)
+                            if sh is not None and sh.gate else None)
+        self.dispatcher: Dispatcher
+        self._set_backend(config.dispatch.backend)
         self.aux_loss: torch.Tensor | None = None
         self.stats: RoutingStats | None = None
+
+    # --- read-only views of the config ------------------------------------------------------
+
+    @property
+    def d_model(self) -> int:
+        return self.config.d_model
+
+    @property
+    def d_ff(self) -> int:
+        return self.config.d_ff
+
+    @property
+    def num_experts(self) -> int:
+        return self.config.num_experts
+
+    @property
+    def top_k(self) -> int:
+        return self.config.top_k
+
+    @property
+    def capacity_factor(self) -> float | None:
+        return self.config.capacity_factor
+
+    @property
+    def drop_policy(self) -> DropPolicy:
+        return self.config.dispatch.drop_policy
+
+    @property
+    def aux_loss_weight(self) -> float:
+        return float(self.config.aux_loss_weight or 0.0)
+
+    @property
+    def z_loss_weight(self) -> float:
+        return float(self.config.z_loss_weight)
+
+    @property
+    def backend(self) -> Backend:
+        """The backend in use; assign a name to switch (same weights): ``moe.backend = "loop"``."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, name: Backend | None) -> None:
+        if name is not None:
+            check_choice("backend", name, BACKEND_NAMES)
+        self._set_backend(name)
+        self.config = dataclasses.replace(
+            self.config, dispatch=dataclasses.replace(self.config.dispatch, backend=name))
+
+    def _set_backend(self, name: Backend | None) -> None:
+        grouped = isinstance(self.experts, GroupedExperts)
+        if name == "grouped_mm" and not grouped:
+            raise ValueError("backend='grouped_mm' needs grouped FFN experts; with experts=[...] "
+                             "use backend='loop' or None")
+        resolved: Backend = name or ("grouped_mm" if grouped else "loop")
+        self._backend = resolved
+        self.dispatcher = make_dispatcher(resolved)
+        if isinstance(self.experts, GroupedExperts):
+            self.experts.kernel = "loop" if resolved == "loop" else "grouped_mm"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.d_model, "MoELayer")
@@ -189,28 +220,36 @@ class MoELayer(nn.Module):
         if expert_param is not None:
             check_dtype_matches(x, expert_param, "MoELayer")
         x_TD = x.reshape(-1, self.d_model)
-        T, E = x_TD.shape[0], self.num_experts
         routing = self.router(x_TD)
-        kind = self.router.config.kind
-        cap: int | None
-        keep_TK: torch.Tensor | None
-        if kind == "expert_choice":
-            cap = expert_choice_capacity(T, E, self.top_k, self.capacity_factor)
-            keep_TK = routing.keep_TK
-        else:
-            cap = capacity(T, self.top_k, E, self.capacity_factor)
-            keep_TK = None if cap is None else capacity_keep(
-                routing.indices_TK, routing.weights_TK, E, cap, self.drop_policy)
-        y_TD = run_experts(x_TD, routing.indices_TK, routing.weights_TK, keep_TK, self.experts,
-                           self.backend, cap)
+        keep_TK, cap = self._keep(routing)
+        y_TD = self.dispatcher(x_TD, routing, keep_TK, self.experts, cap)
         if self.shared_experts is not None:
             shared_TD = self.shared_experts(x_TD)
             if self.shared_gate is not None:
                 shared_TD = torch.sigmoid(self.shared_gate(x_TD)) * shared_TD
             y_TD = y_TD + shared_TD
         self.aux_loss = self._aux_loss(routing)
-        self.stats = _routing_stats(routing.indices_TK, keep_TK, routing.probs_TE, E, kind)
+        self.stats = routing_stats(routing.indices_TK, keep_TK,
+                                   self.router.token_distribution(routing), self.num_experts,
+                                   routing.keep_TK)
         return y_TD.view(x.shape)
+
+    def _keep(self, routing: Routing) -> tuple[torch.Tensor | None, int | None]:
+        """Slots that reach their expert (None = all) and the static per-expert bound, if any.
+
+        The router's own selection (``expert_choice``) comes in ``routing.keep_TK``; token-choice
+        capacity is applied here, over this call's tokens.
+        """
+        if routing.keep_TK is not None:
+            return routing.keep_TK, None
+        dispatch: DispatchConfig = self.config.dispatch
+        T = routing.indices_TK.shape[0]
+        cap = capacity(T, self.top_k, self.num_experts, dispatch.capacity_factor)
+        if cap is None:
+            return None, None
+        keep_TK = capacity_keep(routing.indices_TK, routing.weights_TK, self.num_experts, cap,
+                                dispatch.drop_policy)
+        return keep_TK, cap
 
     def _aux_loss(self, routing: Routing) -> torch.Tensor:
         loss = routing.logits_TE.new_zeros(())
@@ -224,27 +263,6 @@ class MoELayer(nn.Module):
         return (f"capacity_factor={self.capacity_factor}, drop_policy={self.drop_policy!r}, "
                 f"backend={self.backend!r}, aux_loss_weight={self.aux_loss_weight}, "
                 f"z_loss_weight={self.z_loss_weight}")
-
-
-@torch.no_grad()
-def _routing_stats(indices_TK: torch.Tensor, keep_TK: torch.Tensor | None, probs_TE: torch.Tensor,
-                   num_experts: int, kind: str) -> RoutingStats:
-    if keep_TK is None:
-        keep_TK = torch.ones_like(indices_TK, dtype=torch.bool)
-    kept_TK = torch.where(keep_TK, indices_TK, -1)
-    tokens_E = count_values(torch.where(keep_TK, indices_TK, num_experts), num_experts + 1)[:num_experts]
-    load_E = tokens_E.float() / tokens_E.sum().clamp_min(1).float()
-    if kind == "expert_choice":
-        requested = keep_TK.shape[0]
-        dropped = (~keep_TK.any(dim=1)).sum().float() / max(requested, 1)
-    else:
-        dropped = 1.0 - keep_TK.float().sum() / max(keep_TK.numel(), 1)
-    if kind == "sigmoid_bias":
-        probs_TE = probs_TE / probs_TE.sum(dim=-1, keepdim=True).clamp_min(1e-20)
-    entropy = -(probs_TE * probs_TE.clamp_min(1e-20).log()).sum(dim=-1).mean() \
-        if probs_TE.shape[0] else probs_TE.new_zeros(())
-    dropped_t = torch.as_tensor(dropped, dtype=torch.float32, device=probs_TE.device)
-    return RoutingStats(tokens_E, load_E, dropped_t, entropy, kept_TK)
 
 
 def total_aux_loss(model: nn.Module) -> torch.Tensor:

@@ -68,8 +68,24 @@ def reference_moe_forward(moe: MoELayer, x: torch.Tensor) -> torch.Tensor:
                                  moe.capacity_factor, moe.drop_policy)
     y_TD = reference_combine(x_TD, routing.indices_TK, routing.weights_TK, keep_TK, moe.experts)
     if moe.shared_experts is not None:
-        shared_TD = moe.shared_experts(x_TD)
-        if moe.shared_gate is not None:
-            shared_TD = torch.sigmoid(moe.shared_gate(x_TD)) * shared_TD
-        y_TD = y_TD + shared_TD
+        y_TD = y_TD + torch.stack([reference_shared(moe, x_TD[t]) for t in range(x_TD.shape[0])]) \
+            if x_TD.shape[0] else y_TD
     return y_TD.view(x.shape)
+
+
+def reference_shared(moe: MoELayer, x_D: torch.Tensor) -> torch.Tensor:
+    """The shared experts of one token from their weights: ``g * down(act(x W_gate) * (x W_up))``
+    (ungated activations: ``down(act(x W_up))``), ``g = sigmoid(x . w_gate)`` or 1."""
+    ff = moe.shared_experts
+    assert ff is not None
+    w_gate, w_up = ff.w_gate, ff.w_up
+    up_F = x_D @ w_up + (ff.b_up if ff.b_up is not None else 0)
+    if w_gate is not None:
+        gate_F = x_D @ w_gate + (ff.b_gate if ff.b_gate is not None else 0)
+        hidden_F = ff.act(gate_F) * up_F
+    else:
+        hidden_F = ff.act(up_F)
+    out_D = hidden_F @ ff.w_down + (ff.b_down if ff.b_down is not None else 0)
+    if moe.shared_gate is not None:
+        out_D = torch.sigmoid(x_D @ moe.shared_gate.weight[0]) * out_D
+    return out_D

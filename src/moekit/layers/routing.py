@@ -1,7 +1,7 @@
 """Routers: which experts each token goes to, and with what combine weight.
 
 Legend: T tokens, D model dim, E experts, K experts per token (for ``expert_choice`` K = E and
-``keep_TK`` marks the (token, expert) pairs each expert picked).
+``keep_TK`` marks the (token, expert) pairs each expert picked), G expert groups (``n_group``).
 
 All router maths runs in float32 whatever the input dtype (float64 inputs stay float64). A router never touches expert weights;
 it returns a :class:`Routing` record that the dispatcher consumes and the losses read.
@@ -17,11 +17,19 @@ router            selection                                   combine weights
                   of ``n_group`` groups
 ``expert_choice`` each expert takes its top-C tokens          softmax probability
 ================  ==========================================  =============================================
+
+Aux-loss-free balancing (``sigmoid_bias``): training forwards only *count* the slots each expert
+received; the bias moves when :func:`update_router_biases` is called, once per optimizer step
+(``b_e += rate * sign(mean load - load_e)`` over the counts since the last call). Counting happens
+as the gradient flows back through the combine weights, so a forward recomputed by activation
+checkpointing is not counted twice, and micro-batches of one step add up before the single
+update. A forward without a backward (grad mode on, router frozen) is counted in the forward.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -36,7 +44,7 @@ RouterKind = Literal["topk", "switch", "noisy_topk", "sigmoid_bias", "expert_cho
 ROUTERS: tuple[str, ...] = get_args(RouterKind)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Routing:
     """What a router decided for a batch of T tokens.
 
@@ -61,7 +69,22 @@ class Routing:
 
 @dataclass(frozen=True, kw_only=True)
 class RouterConfig:
-    """Settings of a :class:`Router`; checked on construction."""
+    """Settings of a :class:`Router`; checked on construction.
+
+    Parameters
+    ----------
+    kind : the selection rule (table above).
+    d_model, num_experts, top_k : D, E and K.
+    normalize : renormalise the top-k weights to sum 1 (``topk``, ``sigmoid_bias``).
+    n_group, topk_group : ``sigmoid_bias`` group-limited routing (DeepSeek-V3): keep the best
+        ``topk_group`` of ``n_group`` expert groups, scored by the sum of their top-2 scores.
+    routed_scaling_factor : ``sigmoid_bias`` combine weights are multiplied by it.
+    bias_update_rate : ``sigmoid_bias`` balancing step size (0 switches it off).
+    capacity_factor : ``expert_choice`` only: each expert takes ``ceil(cf * T * K / E)`` tokens
+        (None means 1.0). Token-choice capacity is a dispatch setting
+        (:class:`moekit.layers.DispatchConfig`).
+    noise_eps : ``noisy_topk``: floor added to the learned noise scale.
+    """
 
     kind: RouterKind = "topk"
     d_model: int
@@ -90,11 +113,16 @@ class RouterConfig:
                 f"router='switch' routes each token to one expert, got top_k={self.top_k}; "
                 "use top_k=1, or router='topk' for several experts per token"
             )
-        if self.capacity_factor is not None and not self.capacity_factor > 0:
-            raise ValueError(
-                f"capacity_factor={self.capacity_factor} must be > 0 (or None for dropless routing); "
-                "typical values are 1.0 to 2.0"
-            )
+        if self.capacity_factor is not None:
+            if self.kind != "expert_choice":
+                raise ValueError(
+                    f"RouterConfig capacity_factor={self.capacity_factor} applies to "
+                    f"kind='expert_choice' only, got kind={self.kind!r}; token-choice capacity is "
+                    "DispatchConfig(capacity_factor=...)")
+            if not self.capacity_factor > 0:
+                raise ValueError(
+                    f"capacity_factor={self.capacity_factor} must be > 0 (or None); typical values "
+                    "are 1.0 to 2.0")
         if self.bias_update_rate < 0:
             raise ValueError(f"bias_update_rate={self.bias_update_rate} must be >= 0")
         self._check_groups()
@@ -136,9 +164,21 @@ def expert_choice_capacity(num_tokens: int, num_experts: int, top_k: int,
 
 
 class Router(nn.Module):
-    """Linear router ``logits_TE = x_TD · W_ED^T`` followed by one of the selection rules above."""
+    """Linear router ``logits_TE = x_TD · W_ED^T`` followed by one of the selection rules above.
+
+    Attributes
+    ----------
+    weight : (E, D) parameter.
+    noise_weight : (E, D) parameter (``noisy_topk`` only).
+    expert_bias : (E,) float32 buffer, saved in checkpoints (``sigmoid_bias`` only).
+    pending_counts : (E,) float32 buffer, not saved: slots per expert counted since the last
+        :meth:`update_bias` (``sigmoid_bias`` only).
+    reduce_counts : None, or a function applied to the pending counts before the bias update
+        (expert parallelism installs an all-reduce here so that every rank moves the same bias).
+    """
 
     expert_bias: torch.Tensor
+    pending_counts: torch.Tensor
 
     def __init__(self, config: RouterConfig) -> None:
         super().__init__()
@@ -150,6 +190,9 @@ class Router(nn.Module):
             self.noise_weight = nn.Parameter(torch.zeros(E, D))  # zero init, as in Shazeer et al.
         if config.kind == "sigmoid_bias":
             self.register_buffer("expert_bias", torch.zeros(E, dtype=torch.float32))
+            self.register_buffer("pending_counts", torch.zeros(E, dtype=torch.float32),
+                                 persistent=False)
+        self.reduce_counts: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def forward(self, x_TD: torch.Tensor) -> Routing:
         # float32 even under torch.autocast, which would otherwise run the linear in bf16/fp16
@@ -217,21 +260,40 @@ class Router(nn.Module):
         if cfg.normalize:
             weights_TK = weights_TK / (weights_TK.sum(dim=-1, keepdim=True) + 1e-20)
         weights_TK = weights_TK * cfg.routed_scaling_factor
-        if self.training and cfg.bias_update_rate > 0:
-            self._update_bias(indices_TK, logits_TE)
+        if self.training and cfg.bias_update_rate > 0 and torch.is_grad_enabled():
+            weights_TK = self._count_slots(indices_TK, weights_TK, logits_TE)
         return Routing(indices_TK, weights_TK, logits_TE, scores_TE)
 
-    @torch.no_grad()
-    def _update_bias(self, indices_TK: torch.Tensor, logits_TE: torch.Tensor) -> None:
-        """DeepSeek-V3's aux-loss-free balancing: ``b_e += rate * sign(mean load - load_e)``.
+    def _count_slots(self, indices_TK: torch.Tensor, weights_TK: torch.Tensor,
+                     logits_TE: torch.Tensor) -> torch.Tensor:
+        """Add this batch's slots per expert to ``pending_counts`` (see the module docstring).
 
-        A batch with a non-finite logit leaves the bias as it was (no host sync: a masked update).
+        A batch with a non-finite logit is not counted (a masked add: no host sync).
         """
-        E = self.config.num_experts
-        load_E = count_values(indices_TK, E).float()
-        step_E = self.config.bias_update_rate * torch.sign(load_E.mean() - load_E)
-        finite = torch.isfinite(logits_TE).all()
-        self.expert_bias.add_(torch.where(finite, step_E, torch.zeros_like(step_E)))
+        with torch.no_grad():
+            counts_E = count_values(indices_TK, self.config.num_experts).float()
+            counts_E = torch.where(torch.isfinite(logits_TE).all(), counts_E,
+                                   torch.zeros_like(counts_E))
+        if weights_TK.requires_grad:
+            return _CountOnBackward.apply(weights_TK, counts_E, self.pending_counts)
+        self.pending_counts.add_(counts_E)
+        return weights_TK
+
+    @torch.no_grad()
+    def update_bias(self) -> None:
+        """DeepSeek-V3's aux-loss-free step ``b_e += rate * sign(mean load - load_e)``.
+
+        The load is ``pending_counts`` (passed through ``reduce_counts`` when set), which is then
+        zeroed. No counts since the last call means no change. Only for ``sigmoid_bias``.
+        """
+        if self.config.kind != "sigmoid_bias":
+            raise ValueError(f"update_bias applies to router='sigmoid_bias', this router is "
+                             f"{self.config.kind!r}")
+        load_E = self.pending_counts.clone()
+        if self.reduce_counts is not None:
+            load_E = self.reduce_counts(load_E)
+        self.expert_bias.add_(self.config.bias_update_rate * torch.sign(load_E.mean() - load_E))
+        self.pending_counts.zero_()
 
     def _expert_choice(self, logits_TE: torch.Tensor) -> Routing:
         cfg = self.config
@@ -244,6 +306,13 @@ class Router(nn.Module):
             token_idx_EC = probs_TE.t().topk(C, dim=-1)[1]
             keep_TK = keep_TK.t().scatter(1, token_idx_EC, True).t()
         return Routing(indices_TK, probs_TE, logits_TE, probs_TE, keep_TK=keep_TK)
+
+    def token_distribution(self, routing: Routing) -> torch.Tensor:
+        """(T, E) distribution over experts per token (``sigmoid_bias``: the normalised scores)."""
+        probs_TE = routing.probs_TE
+        if self.config.kind == "sigmoid_bias":
+            probs_TE = probs_TE / probs_TE.sum(dim=-1, keepdim=True).clamp_min(1e-20)
+        return probs_TE
 
     def balance_loss(self, routing: Routing) -> torch.Tensor:
         """The router's own balancing loss (unweighted); zero where none applies."""
@@ -262,6 +331,81 @@ class Router(nn.Module):
         if kind == "sigmoid_bias":  # DeepSeek-V3's complementary loss uses normalised scores
             probs_TE = probs_TE / (probs_TE.sum(dim=-1, keepdim=True) + 1e-20)
         return losses.switch_load_balancing_loss(probs_TE, routing.indices_TK)
+
+
+class _CountOnBackward(torch.autograd.Function):
+    """Identity on the combine weights; its backward adds the batch's counts to the router's
+    pending counts. A forward that activation checkpointing recomputes is counted once: only
+    the graph that gradients flow through counts."""
+
+    @staticmethod
+    def forward(ctx, weights_TK, counts_E, pending_E):  # type: ignore[no-untyped-def, override]
+        ctx.save_for_backward(counts_E)
+        ctx.pending_E = pending_E
+        return weights_TK.view_as(weights_TK)
+
+    @staticmethod
+    def backward(ctx, grad_TK):  # type: ignore[no-untyped-def, override]
+        (counts_E,) = ctx.saved_tensors
+        ctx.pending_E.add_(counts_E)
+        return grad_TK, None, None
+
+
+def update_router_biases(model: nn.Module,
+                         reduce_counts: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                         ) -> int:
+    """Apply the aux-loss-free bias step of every ``sigmoid_bias`` router in ``model``.
+
+    Call it once per optimizer step, after ``optimizer.step()`` (``moekit train`` does; so does
+    :func:`register_router_bias_update`). Each router's counts since the last call are summed over
+    all forwards of the step (micro-batches, checkpoint recomputation counted once) and reset.
+
+    Parameters
+    ----------
+    model : any module holding routers (``MoELayer.router``).
+    reduce_counts : optional function applied to the (E,) counts before the update, e.g. an
+        all-reduce over data-parallel ranks so that every rank moves its bias identically;
+        overrides a router's own ``reduce_counts``.
+
+    Returns
+    -------
+    The number of routers updated.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from moekit.layers import MoELayer, update_router_biases
+    >>> moe = MoELayer(8, 16, 4, 1, router="sigmoid_bias")
+    >>> moe(torch.randn(10, 8)).sum().backward()
+    >>> update_router_biases(moe)
+    1
+    >>> bool(moe.router.expert_bias.abs().sum() > 0)
+    True
+    """
+    updated = 0
+    for module in model.modules():
+        if isinstance(module, Router) and module.config.kind == "sigmoid_bias":
+            own = module.reduce_counts
+            if reduce_counts is not None:
+                module.reduce_counts = reduce_counts
+            try:
+                module.update_bias()
+            finally:
+                module.reduce_counts = own
+            updated += 1
+    return updated
+
+
+def register_router_bias_update(optimizer: torch.optim.Optimizer, model: nn.Module):  # type: ignore[no-untyped-def]
+    """Call :func:`update_router_biases` on ``model`` after every ``optimizer.step()``.
+
+    For training loops you do not write yourself (e.g. a Hugging Face ``Trainer``). Returns the
+    hook handle; ``handle.remove()`` undoes it.
+    """
+    def hook(*_: object) -> None:
+        update_router_biases(model)
+
+    return optimizer.register_step_post_hook(hook)
 
     def extra_repr(self) -> str:
         c = self.config

@@ -3,8 +3,9 @@
 One function, :func:`train`, trains any model that maps inputs to logits with cross-entropy
 targets (a language model's ``(B, N, V)`` logits and ``(B, N)`` targets, or a classifier's
 ``(B, C)`` and ``(B,)``). The loss is the task loss plus ``moekit.layers.total_aux_loss(model)``;
-routers with an aux-loss-free bias (``sigmoid_bias``) update it themselves in training-mode
-forwards, and evaluation runs under ``model.eval()`` and ``torch.no_grad()`` so it never does.
+routers with an aux-loss-free bias (``sigmoid_bias``) count their load in the training forwards
+and move their bias in ``moekit.layers.update_router_biases(model)``, called once after each
+optimizer step; evaluation runs under ``model.eval()`` and ``torch.no_grad()`` so it counts nothing.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moekit._files import atomic_write_json
-from moekit.layers import total_aux_loss
+from moekit.layers import total_aux_loss, update_router_biases
 from moekit.models.params import count_parameters
 from moekit.train.batches import BatchSource
 from moekit.train.checkpoint import (
@@ -309,6 +310,7 @@ def train(
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
+                update_router_biases(model)  # aux-loss-free balancing: once per optimizer step
                 lr = float(scheduler.get_last_lr()[0])
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
