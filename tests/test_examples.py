@@ -12,11 +12,16 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 CASES = {
     "moe_layer_regression.py": (["--steps", "30"], ["moe   validation MSE", "expert load"]),
     "fit_health_table.py": (["--max-experts", "2", "--n-init", "1"], ["BIC"]),
+    "showcases/health.py": (["--seeds", "2", "--n-init", "1"],
+                            ["held-out log-likelihood per patient", "what the gate learned",
+                             "std err"]),
+    "showcases/finance.py": (["--seeds", "1", "--n-init", "1", "--max-experts", "2"],
+                             ["GARCH-t", "P(turbulent)", "2008"]),
 }
 
 
 def test_every_example_is_covered():
-    assert {p.name for p in EXAMPLES.glob("*.py")} == set(CASES)
+    assert {p.relative_to(EXAMPLES).as_posix() for p in EXAMPLES.rglob("*.py")} == set(CASES)
 
 
 @pytest.mark.slow

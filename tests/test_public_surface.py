@@ -15,7 +15,7 @@ import moekit
 from moekit.cli.main import build_parser
 
 MOEKIT_ALL = ["__version__", "data", "estimators", "integrations", "kernels", "layers", "models",
-              "train", "viz"]
+              "showcases", "train", "viz"]
 
 CLI_FLAGS_SNAPSHOT: dict[str, list[str]] = {
     "bench": ["--balanced", "--device", "--dtype", "--help", "--json", "--no-memory", "--quick", "--repeats", "--scale", "--seed", "--shapes", "--threads", "--tokens", "--warmup", "-h"],
@@ -24,6 +24,7 @@ CLI_FLAGS_SNAPSHOT: dict[str, list[str]] = {
     "info": ["--help", "--json", "-h"],
     "predict": ["--alpha", "--decimal", "--delimiter", "--dropna", "--encoding", "--help", "--keep", "--output", "-h", "-o", "csv", "model"],
     "report": ["--format", "--help", "--output", "-h", "-o", "run_dir"],
+    "showcase": ["--device", "--help", "--output", "--quick", "--seeds", "-h", "-o", "name"],
     "train": ["--device", "--help", "--output", "--resume", "--steps", "-h", "config"],
 }
 

@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, str] = {
     "predict": "predict",
     "bench": "bench",
     "report": "report",
+    "showcase": "showcase",
     "info": "info",
 }
 

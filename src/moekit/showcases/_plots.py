@@ -80,10 +80,9 @@ def plot_regimes(dates: np.ndarray, prices: np.ndarray, gate: np.ndarray,
 
 
 def _regime_colours(k: int) -> list[str]:
-    palette = ["tab:green", "gold", "tab:orange", "tab:red", "tab:purple", "tab:brown"]
-    if k <= 2:
-        return ["tab:green", "tab:red"][:k]
-    return palette[:k] if k <= len(palette) else [f"C{i}" for i in range(k)]
+    fixed = {1: ["tab:green"], 2: ["tab:green", "tab:red"], 3: ["tab:green", "gold", "tab:red"],
+             4: ["tab:green", "gold", "tab:orange", "tab:red"]}
+    return fixed.get(k, [f"C{i}" for i in range(k)])
 
 
 def plot_group_densities(y: np.ndarray, groups: np.ndarray, group_names: Sequence[str],

@@ -178,6 +178,8 @@ def run_showcase(name: str, *, quick: bool = False, seeds: int | None = None,
     if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1):
         raise ValueError(f"seeds={seeds!r} must be a positive int (or None for the default)")
     showcase = get_showcase(name)
+    if not is_implemented(showcase):
+        raise not_implemented(name)  # before anything is written
     out = Path(output).absolute()
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -25,6 +25,13 @@ def gaussian_logpdf(y: np.ndarray, mean: np.ndarray, sd: np.ndarray | float) -> 
     return -0.5 * _LOG_2PI - np.log(sd) - 0.5 * z**2
 
 
+def _fitted(value, model: object):
+    """``value`` of a fitted model; a clear error when ``fit`` was not called."""
+    if value is None:
+        raise RuntimeError(f"{type(model).__name__} is not fitted yet; call fit(X, y) first")
+    return value
+
+
 def _design(X: np.ndarray) -> np.ndarray:
     return np.column_stack([np.ones(len(X)), np.asarray(X, dtype=np.float64)])
 
@@ -43,16 +50,14 @@ class GaussianLinear:
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        assert self.coef_ is not None, "fit first"
-        return _design(X) @ self.coef_
+        return _design(X) @ _fitted(self.coef_, self)
 
     def log_likelihood_samples(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
         return gaussian_logpdf(y, self.predict(X), self.sd_)
 
     @property
     def n_parameters(self) -> int:
-        assert self.coef_ is not None, "fit first"
-        return len(self.coef_) + 1
+        return len(_fitted(self.coef_, self)) + 1
 
 
 @dataclass
@@ -95,20 +100,17 @@ class HeteroscedasticLinear:
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        assert self.coef_ is not None, "fit first"
-        return _design(X) @ self.coef_
+        return _design(X) @ _fitted(self.coef_, self)
 
     def predict_sd(self, X: np.ndarray) -> np.ndarray:
-        assert self.log_sd_coef_ is not None, "fit first"
-        return np.exp(_design(X) @ self.log_sd_coef_)
+        return np.exp(_design(X) @ _fitted(self.log_sd_coef_, self))
 
     def log_likelihood_samples(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
         return gaussian_logpdf(y, self.predict(X), self.predict_sd(X))
 
     @property
     def n_parameters(self) -> int:
-        assert self.coef_ is not None, "fit first"
-        return 2 * len(self.coef_)
+        return 2 * len(_fitted(self.coef_, self))
 
 
 @dataclass
@@ -134,30 +136,28 @@ class StratifiedLinear:
 
     def log_likelihood_samples(self, X: np.ndarray, y: np.ndarray,
                                groups: np.ndarray) -> np.ndarray:
-        assert self.models_ is not None, "fit first"
-        unseen = sorted(set(np.unique(groups).tolist()) - set(self.models_))
+        models = _fitted(self.models_, self)
+        unseen = sorted(set(np.unique(groups).tolist()) - set(models))
         if unseen:
             raise ValueError(f"groups {unseen} were not in the training rows")
         Xk = self._keep(X)
         out = np.empty(len(y))
-        for g, model in self.models_.items():
+        for g, model in models.items():
             rows = groups == g
             out[rows] = model.log_likelihood_samples(Xk[rows], y[rows])
         return out
 
     def predict(self, X: np.ndarray, groups: np.ndarray) -> np.ndarray:
-        assert self.models_ is not None, "fit first"
         Xk = self._keep(X)
         out = np.empty(len(X))
-        for g, model in self.models_.items():
+        for g, model in _fitted(self.models_, self).items():
             rows = groups == g
             out[rows] = model.predict(Xk[rows])
         return out
 
     @property
     def n_parameters(self) -> int:
-        assert self.models_ is not None, "fit first"
-        return sum(m.n_parameters for m in self.models_.values())
+        return sum(m.n_parameters for m in _fitted(self.models_, self).values())
 
 
 def gbm_gaussian(X: np.ndarray, y: np.ndarray, *, seed: int, n_estimators: int = 200):

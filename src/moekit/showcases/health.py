@@ -184,7 +184,7 @@ def gate_reading(table: HealthTable, fits: dict[str, Any]) -> dict[str, Any]:
     """What the 2-expert gate learned, read on replicate 0 (see the module docstring)."""
     from sklearn.metrics import adjusted_rand_score
 
-    from moekit.showcases._reading import coefficient_rows
+    from moekit.showcases._reading import model_coefficients
 
     sp, moe = fits["split"], fits["moe2"]
     tr, te = sp.train, sp.test
@@ -194,14 +194,14 @@ def gate_reading(table: HealthTable, fits: dict[str, Any]) -> dict[str, Any]:
     names = list(table.group_names)
     gate_share = {names[k]: gate[g[te] == k].mean(axis=0).tolist() for k in range(len(names))}
     post_share = {names[k]: resp[g[te] == k].mean(axis=0).tolist() for k in range(len(names))}
-    summary = moe.summary(Z[tr], y[tr], feature_names=list(table.feature_names))
+    coefficients, summary = model_coefficients(moe, Z[tr], y[tr], list(table.feature_names))
     return {
         "model": "MoE, 2 experts, fitted on replicate 0's training rows",
         "gate_share_by_group": gate_share,
         "posterior_share_by_group": post_share,
         "adjusted_rand_index": float(adjusted_rand_score(g[te], resp.argmax(axis=1))),
         "expert_scale": [float(s) for s in moe.expert_scale_],
-        "coefficients": coefficient_rows(summary),
+        "coefficients": coefficients,
         "summary": summary,
         "bic_by_n_experts": {str(k): v for k, v in fits["bic"].scores.items()},
         "n_experts_by_bic": fits["chosen_k"],
