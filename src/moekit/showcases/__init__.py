@@ -7,7 +7,7 @@ One showcase per domain, each a module of this package, run by ``moekit showcase
 ==========  ===========================================================  ==================
 name        what                                                         status
 ==========  ===========================================================  ==================
-language    MoE transformer on a parallel six-language Bible              not implemented
+language    MoE transformer on a parallel six-language Bible              ready
 speech      MoE audio classifier on digits spoken in 17 accents           not implemented
 vision      image MoE on digits, clothing and animal silhouettes          not implemented
 health      statistical MoE on length of stay after CABG vs PTCA          ready
