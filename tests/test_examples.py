@@ -17,6 +17,9 @@ CASES = {
                              "std err"]),
     "showcases/finance.py": (["--seeds", "1", "--n-init", "1", "--max-experts", "2"],
                              ["GARCH-t", "P(turbulent)", "2008"]),
+    "showcases/language.py": (["--steps", "3", "--seeds", "1"],
+                              ["validation nats per byte", "routing by language, layer 4",
+                               "I(language; expert)"]),
 }
 
 

@@ -108,7 +108,7 @@ def settings_for(*, quick: bool, seeds: int | None, device: str) -> LanguageSett
     if quick:
         return LanguageSettings(
             seeds=seeds or 2, device=device, threads=1,
-            shape=LMShape(d_model=32, n_layers=2, n_heads=2, d_ff=32, num_experts=4, top_k=1,
+            shape=LMShape(d_model=32, n_layers=2, n_heads=2, d_ff=32, num_experts=4, top_k=2,
                           block_size=64),
             steps=30, batch_size=8, lr=3e-3, warmup_steps=5, train_verses=400, valid_verses=12,
             routing_verses=12, sample_prompt_bytes=24, sample_bytes=24)
