@@ -274,3 +274,18 @@ def test_second_health_tables():
     raw = load_rand_hie(dequantize=False)
     assert ((hie.y >= raw.y) & (hie.y < np.log1p(np.expm1(raw.y) + 1))).all()
     assert np.bincount(hie.groups).sum() == 20190
+
+
+def test_resampler_equals_scipys_resample_poly():
+    from scipy.signal import resample_poly
+
+    from moekit.data.speech import _Resampler
+
+    x = np.random.default_rng(0).standard_normal(5000)
+    for rate_in, rate_out in ((22050, 8000), (16000, 8000), (8000, 8000), (8000, 22050)):
+        got = _Resampler(rate_in, rate_out)(x)
+        from math import gcd
+
+        g = gcd(rate_in, rate_out)
+        want = resample_poly(x, rate_out // g, rate_in // g) if rate_in != rate_out else x
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

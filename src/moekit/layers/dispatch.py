@@ -25,6 +25,12 @@ Implementations:
   result is deterministic; the backward of dispatch is a combine and vice versa).
 - :class:`LoopDispatcher` (``backend="loop"``): the readable reference, one expert at a time with
   ``torch.where`` and ``index_add`` (a host sync per expert).
+- :class:`TritonDispatcher` (``backend="triton"``, by name only): a fused call, dispatch + experts
+  + combine in :func:`moekit.kernels.moe_triton.moe_ffn_triton` (the gather inside the first GEMM,
+  the routing weight and the combine inside the second's epilogue and a deterministic sum). Its
+  :meth:`~Dispatcher.dispatch` and :meth:`~Dispatcher.combine` are the sorted dispatcher's. Where
+  the kernels cannot run (no CUDA GPU, no triton, float64, :class:`ModuleExperts`) the call falls
+  back to the sorted path and logs why once; :func:`moekit.kernels.available_backends` says so too.
 
 Capacity (token choice): ``C = ceil(capacity_factor * T * K / E)``. With ``drop_policy="position"``
 an expert keeps slots in GShard/Switch priority order: every token's first choice before any
@@ -35,12 +41,15 @@ slots survive; the dispatcher receives the result as ``keep_TK`` (None = every s
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from moekit.kernels.moe_triton import moe_ffn_triton, triton_status
 from moekit.kernels.ops import gather_rows, sum_rows
 from moekit.layers._checks import count_values, router_dtype
 from moekit.layers.config import DropPolicy
@@ -225,9 +234,41 @@ class LoopDispatcher(Dispatcher):
         return y_TD.to(meta.out_dtype)
 
 
-_DISPATCHERS: dict[str, type[Dispatcher]] = {"loop": LoopDispatcher, "grouped_mm": SortedDispatcher}
+_log = logging.getLogger("moekit.kernels")
+
+
+@functools.cache
+def _log_triton_fallback(reason: str) -> None:
+    _log.warning("backend='triton' falls back to the sorted grouped_mm path: %s", reason)
+
+
+class TritonDispatcher(SortedDispatcher):
+    """The sorted dispatcher whose call runs dispatch, experts and combine as Triton kernels.
+
+    Same meaning as :class:`SortedDispatcher` (kept slots only, weights and sum in float32,
+    deterministic); different rounding order. Falls back to the sorted path where the kernels
+    cannot run (see the module docstring).
+    """
+
+    name: ClassVar[str] = "triton"
+
+    def __call__(self, x_TD: torch.Tensor, routing: Routing, keep_TK: torch.Tensor | None,
+                 experts: Experts, capacity: int | None = None) -> torch.Tensor:
+        from moekit.layers.experts import GroupedExperts
+
+        reason = triton_status(x_TD.device, x_TD.dtype)
+        if reason is None and isinstance(experts, GroupedExperts):
+            return moe_ffn_triton(x_TD, routing.indices_TK, routing.weights_TK, keep_TK, experts.w_in,
+                                  experts.b_in, experts.w_down, experts.b_down, experts.activation)
+        _log_triton_fallback(reason or f"the experts are a {type(experts).__name__}; the kernels "
+                             "run GroupedExperts")
+        return super().__call__(x_TD, routing, keep_TK, experts, capacity)
+
+
+_DISPATCHERS: dict[str, type[Dispatcher]] = {"loop": LoopDispatcher, "grouped_mm": SortedDispatcher,
+                                             "triton": TritonDispatcher}
 
 
 def make_dispatcher(backend: str) -> Dispatcher:
-    """The dispatcher of a backend name (``"loop"`` or ``"grouped_mm"``)."""
+    """The dispatcher of a backend name (``"loop"``, ``"grouped_mm"`` or ``"triton"``)."""
     return _DISPATCHERS[backend]()

@@ -65,8 +65,10 @@ class MoELayer(nn.Module):
     aux_loss_weight : weight of the balancing loss; None = 0.01, or 0 for the routers that
         balance without it (``sigmoid_bias``, ``expert_choice``).
     z_loss_weight : weight of the router z-loss.
-    backend : None (automatic), ``"loop"`` (the readable reference) or ``"grouped_mm"``;
-        assign ``layer.backend = name`` to switch later (same weights).
+    backend : None (automatic: ``"grouped_mm"`` for grouped experts), ``"loop"`` (the readable
+        reference), ``"grouped_mm"`` or ``"triton"`` (fused Triton kernels on a CUDA GPU, by name
+        only; elsewhere it falls back to ``"grouped_mm"`` and logs why); assign
+        ``layer.backend = name`` to switch later (same weights).
     experts : optional list of modules to use as experts instead of grouped FFNs (any
         architecture, mapping (R, D) -> (R, D)); runs with the ``loop`` backend.
 
@@ -111,8 +113,8 @@ class MoELayer(nn.Module):
                 f"experts has {len(experts)} modules but num_experts={num_experts}; "
                 f"pass num_experts={len(experts)}"
             )
-        if experts is not None and backend == "grouped_mm":
-            raise ValueError("backend='grouped_mm' needs grouped FFN experts; with experts=[...] "
+        if experts is not None and backend in ("grouped_mm", "triton"):
+            raise ValueError(f"backend={backend!r} needs grouped FFN experts; with experts=[...] "
                              "use backend='loop' or None")
         config = MoEConfig.create(
             d_model=d_model, d_ff=d_ff, num_experts=num_experts, top_k=top_k, router=router,
@@ -205,8 +207,8 @@ class MoELayer(nn.Module):
 
     def _set_backend(self, name: Backend | None) -> None:
         grouped = isinstance(self.experts, GroupedExperts)
-        if name == "grouped_mm" and not grouped:
-            raise ValueError("backend='grouped_mm' needs grouped FFN experts; with experts=[...] "
+        if name in ("grouped_mm", "triton") and not grouped:
+            raise ValueError(f"backend={name!r} needs grouped FFN experts; with experts=[...] "
                              "use backend='loop' or None")
         resolved: Backend = name or ("grouped_mm" if grouped else "loop")
         self._backend = resolved
