@@ -111,13 +111,16 @@ with threadpool_limits(limits=args.threads), tempfile.TemporaryDirectory() as tm
 # 4. The table: per language, mean +- sd over seeds; MoE - dense paired by seed.
 print(f"\nvalidation nats per byte, mean over {args.seeds} seed(s) (lower is better)")
 print(f"{'language':<9} {'MoE':>8} {'dense':>8} {'MoE - dense':>12}")
+
+
+def per_seed(kind: str, lang: str) -> np.ndarray:
+    if lang == "mean":
+        return np.array([np.mean(list(r.values())) for r in loss[kind]])
+    return np.array([r[lang] for r in loss[kind]])
+
+
 for lang in languages + ("mean",):
-    def per_seed(kind: str) -> np.ndarray:
-        rows = loss[kind]
-        if lang == "mean":
-            return np.array([np.mean(list(r.values())) for r in rows])
-        return np.array([r[lang] for r in rows])
-    moe, dense = per_seed("moe"), per_seed("dense")
+    moe, dense = per_seed("moe", lang), per_seed("dense", lang)
     sd = f" +- {np.std(moe - dense, ddof=1):.3f}" if args.seeds > 1 else ""
     print(f"{lang:<9} {moe.mean():8.3f} {dense.mean():8.3f} {np.mean(moe - dense):+12.3f}{sd}")
 

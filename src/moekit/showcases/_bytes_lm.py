@@ -29,7 +29,7 @@ from moekit._files import atomic_write_text
 from moekit.layers import MoELayer
 from moekit.models import TransformerLM, TransformerLMConfig, dense_twin_config
 
-__all__ = ["LMShape", "Routed", "build_model", "char_count", "decode", "encode", "model_configs",
+__all__ = ["LMShape", "Routed", "Trained", "build_model", "char_count", "decode", "encode", "model_configs",
            "moe_layers", "route_text", "sample", "train_lm"]
 
 VOCAB = 256

@@ -141,7 +141,7 @@ def _threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LanguageShowcase:
     """The language showcase; ``LanguageShowcase(eval_texts={"pt": text})`` also routes a
     user's texts (label -> text) through the trained MoE (``--eval-text LANG=FILE``)."""
