@@ -164,7 +164,8 @@ def test_quick_scores_moe_and_dense_twin_per_language(quick):
     # a Cyrillic letter is two bytes: Russian's bits per character exceed its bits per byte
     ru = evs[-1]["models"][0]
     assert ru["other"]["bits_per_char"]["mean"] > 1.5 * ru["mean"] / math.log(2)
-    for name in ("loss_by_language.png", "routing_by_language.png"):
+    for name in ("loss_by_language.png", "routing_by_language.png",
+                 "routing_lift_by_language.png"):
         assert (out / "plots" / name).stat().st_size > 1000
     for i in range(2):
         assert (out / "training" / f"moe-seed{i}" / "metrics.jsonl").is_file()
@@ -196,6 +197,8 @@ def test_quick_routing_by_language(quick):
     assert lfr["per_verse"]["accuracy_mean"] > lfr["per_verse"]["chance"] + 0.1
     assert len(lfr["per_layer_seed0"]) == n_layers
     assert 0 <= lfr["untrained_control"]["per_token"] <= 1
+    # the byte alone gives Cyrillic away: its read-out beats chance by a wide margin
+    assert lfr["byte_control"]["per_token"] > lfr["per_token"]["chance"] + 0.1
 
 
 @needs_bible

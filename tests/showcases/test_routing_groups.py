@@ -112,6 +112,17 @@ def test_readout_reads_a_group_that_routing_encodes():
     assert blind["accuracy"] < res["chance"] + 0.1
 
 
+def test_routing_lift_compares_each_group_with_the_average_reference_group():
+    from moekit.showcases._routing_plots import routing_lift
+
+    shares = np.array([[[0.5, 0.5, 0.0]], [[0.25, 0.25, 0.5]], [[0.0, 0.0, 1.0]]])  # G=3, L=1
+    lift = routing_lift(shares, reference_rows=2)  # reference: the mean of rows 0 and 1
+    np.testing.assert_allclose(lift[0, 0], [np.log2(0.5 / 0.375), np.log2(0.5 / 0.375), -6.0])
+    np.testing.assert_allclose(lift[1, 0, :2], np.log2(0.25 / 0.375))
+    assert lift[1, 0, 2] == pytest.approx(1.0) and lift[2, 0, 2] == pytest.approx(2.0)
+    assert lift[2, 0, 0] == -6.0  # never used: clipped at 1/64, not -inf
+
+
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match="indices must lie in"):
         expert_counts(np.array([[[4]]]), np.array([0]), 1, 4)

@@ -26,7 +26,8 @@ from moekit.showcases._routing_groups import (
     routing_features,
 )
 
-__all__ = ["GroupRouting", "language_readout", "read_texts", "read_user_texts", "verse_ids"]
+__all__ = ["GroupRouting", "language_readout", "read_bytes", "read_texts", "read_user_texts",
+           "verse_ids", "without_models"]
 
 
 def verse_ids(ids_N: Any) -> np.ndarray:
@@ -61,13 +62,17 @@ class GroupRouting:
     indices: list[np.ndarray] = field(default_factory=list)
 
     def add(self, indices_NLK: np.ndarray, segment_N: np.ndarray, group: int) -> None:
-        feats = routing_features(indices_NLK, self.num_experts)
-        pooled, _ = pooled_features(feats, segment_N)
-        self.token_X.append(feats)
-        self.token_y.append(np.full(len(feats), group))
+        """Add a text's routing: its tokens' multi-hot vectors and its verses' means."""
+        self.add_features(routing_features(indices_NLK, self.num_experts), segment_N, group)
+        self.indices.append(np.asarray(indices_NLK))
+
+    def add_features(self, feats_NF: np.ndarray, segment_N: np.ndarray, group: int) -> None:
+        """Add any per-token features (e.g. the byte itself, for a control)."""
+        pooled, _ = pooled_features(feats_NF, segment_N)
+        self.token_X.append(feats_NF)
+        self.token_y.append(np.full(len(feats_NF), group))
         self.verse_X.append(pooled)
         self.verse_y.append(np.full(len(pooled), group))
-        self.indices.append(np.asarray(indices_NLK))
 
     def tokens(self) -> tuple[np.ndarray, np.ndarray]:
         return np.concatenate(self.token_X), np.concatenate(self.token_y)
@@ -88,9 +93,26 @@ def read_texts(model: Any, texts: Mapping[str, Any], groups: Sequence[str], *,
     for g, name in enumerate(groups):
         r = route_text(model, texts[name], device=device, autocast_dtype=autocast_dtype)
         routed[name] = r
-        if r.indices_NLK.shape[1]:
-            routing.add(r.indices_NLK, verse_ids(texts[name]), g)
+        if r.indices_NLK.shape[1]:  # the last byte predicts nothing and is not routed
+            routing.add(r.indices_NLK[:-1], verse_ids(texts[name])[:-1], g)
     return routing, routed
+
+
+def read_bytes(texts: Mapping[str, Any], groups: Sequence[str]) -> GroupRouting:
+    """The control: each token's feature is its byte (one-hot of 256), no model at all.
+
+    The same positions as :func:`read_texts` (every byte but the last); a read-out on these
+    says how much of the language the current byte alone gives away (a Cyrillic byte, an
+    accented letter), which a router must beat to show it reads context.
+    """
+    out = GroupRouting(num_experts=256)
+    for g, name in enumerate(groups):
+        ids = np.asarray(texts[name].numpy() if hasattr(texts[name], "numpy") else texts[name],
+                         dtype=np.int64)[:-1]
+        feats = np.zeros((len(ids), 256), dtype=np.float32)
+        feats[np.arange(len(ids)), ids] = 1.0
+        out.add_features(feats, verse_ids(texts[name])[:-1], g)
+    return out
 
 
 def language_readout(fit: GroupRouting, held_out: GroupRouting, *, n_groups: int,

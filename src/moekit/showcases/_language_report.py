@@ -108,6 +108,11 @@ def _routing(s: LanguageSettings, sc: _Scores) -> dict[str, Any]:
                 "per_verse": sc.control["per_verse"]["accuracy"],
                 "chance_per_token": sc.control["per_token"]["chance"],
                 "chance_per_verse": sc.control["per_verse"]["chance"]},
+            "byte_control": {
+                "what": ("the same read-out given each token's byte instead of its routing "
+                         "(per verse: the verse's byte histogram); no model"),
+                "per_token": sc.byte_control["per_token"]["accuracy"],
+                "per_verse": sc.byte_control["per_verse"]["accuracy"]},
         },
         "eval_texts": sc.user,
     }
@@ -142,7 +147,7 @@ def _loss_section(s: LanguageSettings, sc: _Scores, plots: Path) -> Section:
 def _routing_section(s: LanguageSettings, sc: _Scores, routing: dict[str, Any],
                      plots: Path) -> Section:
     from moekit.showcases._routing_groups import expert_shares
-    from moekit.showcases._routing_plots import plot_routing_by_group
+    from moekit.showcases._routing_plots import plot_routing_by_group, plot_routing_lift
 
     assert sc.counts_GLE is not None
     names = list(s.languages)
@@ -157,16 +162,23 @@ def _routing_section(s: LanguageSettings, sc: _Scores, routing: dict[str, Any],
         separator_after=len(s.languages) if sc.user else None,
         title=(f"share of each language's validation tokens per expert and layer "
                f"({sc.names['moe']}, seed 0)"))
+    lift = plot_routing_lift(
+        shares, names, plots / "routing_lift_by_language.png",
+        reference_rows=len(s.languages),
+        title=("which experts each language prefers (red) or avoids (blue), compared with the "
+               f"average of the {len(s.languages)} languages (seed 0)"))
     lfr = routing["language_from_routing"]
     mi = routing["mutual_information_bits"]["mean_per_layer"]
     rows = [
         {"read-out": "per token", "trained MoE (mean ± sd)":
             f"{lfr['per_token']['accuracy_mean']:.3f} ± {lfr['per_token']['accuracy_spread']:.3f}",
          "untrained MoE (control)": lfr["untrained_control"]["per_token"],
+         "the byte alone (control)": lfr["byte_control"]["per_token"],
          "chance": lfr["per_token"]["chance"], "test rows": lfr["per_token"]["n_test"]},
         {"read-out": "per verse", "trained MoE (mean ± sd)":
             f"{lfr['per_verse']['accuracy_mean']:.3f} ± {lfr['per_verse']['accuracy_spread']:.3f}",
          "untrained MoE (control)": lfr["untrained_control"]["per_verse"],
+         "the byte alone (control)": lfr["byte_control"]["per_verse"],
          "chance": lfr["per_verse"]["chance"], "test rows": lfr["per_verse"]["n_test"]},
     ]
     layer_rows = [{"layer": i + 1, "I(language; expert) bits": mi[i],
@@ -175,15 +187,36 @@ def _routing_section(s: LanguageSettings, sc: _Scores, routing: dict[str, Any],
     return Section(
         title="Routing by language",
         text=(f"Each panel is one MoE layer; a row is a language (the same verses in each), a "
-              f"column an expert, a cell the share of the language's token-slots the expert "
-              f"took. Mutual information between language and expert, averaged over seeds, "
-              f"is {', '.join(f'{v:.2f}' for v in mi)} bits in layers 1..{len(mi)} (at most "
-              f"{math.log2(len(s.languages)):.2f}). Reading the language from the routing "
-              f"alone: {lfr['how']}."),
+              f"column an expert. First heatmap: the share of the language's token-slots the "
+              f"expert took; second: the same share relative to the average language's "
+              f"(log2; red = the language uses the expert more, blue = less). Mutual "
+              f"information between language and expert, averaged over seeds, is "
+              f"{', '.join(f'{v:.2f}' for v in mi)} bits in layers 1..{len(mi)} (at most "
+              f"{math.log2(len(s.languages)):.2f}).\n\n{_readout_sentence(lfr)}\n\n"
+              f"How: {lfr['how']}."),
         tables=[Table(rows=rows, caption="accuracy of reading the language from the routing "
                                          "on held-out text"),
                 Table(rows=layer_rows, caption="per layer (seed 0)")],
-        images=[image])
+        images=[image, lift])
+
+
+def _readout_sentence(lfr: dict[str, Any]) -> str:
+    """The read-out in words: trained routing against the two controls and chance."""
+    tok, verse = lfr["per_token"], lfr["per_verse"]
+    byte, untrained = lfr["byte_control"], lfr["untrained_control"]
+    beats = (tok["accuracy_mean"] - tok["accuracy_spread"] > max(byte["per_token"],
+                                                                  untrained["per_token"]))
+    return (f"From the routing alone, the language of a single held-out token is read right "
+            f"{100 * tok['accuracy_mean']:.0f}% of the time (chance {100 * tok['chance']:.0f}%; "
+            f"the byte itself gives {100 * byte['per_token']:.0f}%, the untrained router's "
+            f"routing {100 * untrained['per_token']:.0f}%), and of a verse "
+            f"{100 * verse['accuracy_mean']:.0f}% (chance {100 * verse['chance']:.0f}%; "
+            f"its bytes {100 * byte['per_verse']:.0f}%, untrained routing "
+            f"{100 * untrained['per_verse']:.0f}%). "
+            + ("The trained router encodes more of the language than the byte it routes: it "
+               "reads context." if beats else
+               "The trained router does NOT encode more of the language per token than the "
+               "byte itself or the untrained router."))
 
 
 def _user_section(sc: _Scores) -> Section:

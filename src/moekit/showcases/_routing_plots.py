@@ -57,6 +57,45 @@ def plot_routing_by_group(shares_GLE: np.ndarray, group_names: Sequence[str],
     return save_figure(fig, path)
 
 
+def routing_lift(shares_GLE: np.ndarray, reference_rows: int) -> np.ndarray:
+    """log2 of each share over the mean share of the first ``reference_rows`` groups.
+
+    +1: the group sends twice the average group's share to that expert; -1: half. An expert no
+    reference group uses gives 0 (nothing to compare with).
+    """
+    shares = np.asarray(shares_GLE, dtype=np.float64)
+    ref = shares[:reference_rows].mean(axis=0, keepdims=True)
+    ratio = np.divide(shares, ref, out=np.ones_like(shares), where=ref > 0)
+    return np.log2(np.clip(ratio, 1 / 64, 64))
+
+
+def plot_routing_lift(shares_GLE: np.ndarray, group_names: Sequence[str],
+                      path: str | os.PathLike[str], *, title: str, reference_rows: int,
+                      limit: float = 2.0) -> Path:
+    """Heatmaps of :func:`routing_lift` per layer: which experts a group prefers (red) or avoids
+    (blue) compared with the average of the reference groups."""
+    lift = routing_lift(shares_GLE, reference_rows)
+    n_groups, n_layers, n_experts = lift.shape
+    width = min(22.0, 1.6 + n_layers * (0.9 + 0.32 * n_experts))
+    fig = new_figure(width, 1.4 + 0.36 * n_groups)
+    axes = np.atleast_1d(fig.subplots(1, n_layers, sharey=True, squeeze=False)[0])
+    images = []
+    for layer, ax in enumerate(axes):
+        images.append(ax.imshow(lift[:, layer, :], cmap="RdBu_r", vmin=-limit, vmax=limit,
+                                aspect="auto"))
+        ax.set_title(f"layer {layer + 1}", fontsize="small")
+        ax.set_xticks(range(n_experts), [str(e) for e in range(n_experts)],
+                      fontsize="x-small")
+        ax.set_xlabel("expert", fontsize="small")
+        if 0 < reference_rows < n_groups:
+            ax.axhline(reference_rows - 0.5, color="black", lw=2.0)
+    axes[0].set_yticks(range(n_groups), list(group_names), fontsize="small")
+    fig.colorbar(images[0], ax=list(axes), shrink=0.9,
+                 label="log2(share / average language's share)")
+    fig.suptitle(title, fontsize="medium")
+    return save_figure(fig, path)
+
+
 def plot_scores_by_group(scores: Mapping[str, Mapping[str, Sequence[float]]],
                          group_names: Sequence[str], path: str | os.PathLike[str], *,
                          ylabel: str, title: str) -> Path:
