@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Set up moekit in a local virtual environment, then run the demo or the test suite.
 
-    python3 quickstart.py demo      # creates .venv, installs moekit, runs `moekit demo`
+    python3 quickstart.py demo      # creates .venv, installs moekit[torch], runs `moekit demo`
     python3 quickstart.py test      # same, plus test tools; runs ruff, mypy and pytest
 
 Needs only Python >= 3.10 with venv and pip. Re-running is cheap: the environment is reused
@@ -108,7 +108,7 @@ def main(argv: list[str]) -> int:
         ensure_env("test")
         return 0
     if what == "demo":
-        py = ensure_env("")
+        py = ensure_env("torch")  # the deep-learning extra: torch, safetensors, matplotlib
         return run([py, "-m", "moekit", "demo", *rest])
     py = ensure_env("test")
     env = dict(os.environ, TRITON_INTERPRET="1")

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 
 from moekit.data.multilingual import load_parallel_bible
-from moekit.layers import MoELayer
+from moekit.layers import MoEConfig, MoELayer
 from moekit.models import TransformerLM, TransformerLMConfig, count_parameters, dense_twin_config
 from moekit.train import TokenBatches, TrainConfig, train
 
@@ -56,9 +56,10 @@ print(f"training text: {len(train_bytes):,} bytes in {len(languages)} languages;
       f"{corpus.n_valid_verses} verses per language\n")
 
 # 2. The MoE model and its dense twin.
+experts = MoEConfig.create(d_model=128, d_ff=128, num_experts=8, top_k=2)  # aux loss 0.01
 moe_config = TransformerLMConfig(vocab_size=256, block_size=128, d_model=128, n_layers=4,
-                                 n_heads=4, d_ff=128, num_experts=8, top_k=2)
-dense_config = dense_twin_config(moe_config)
+                                 n_heads=4, moe=experts)
+dense_config = dense_twin_config(moe_config)  # one MLP of hidden size 2 * 128 per block
 
 
 def validation(model: TransformerLM, counts: np.ndarray | None) -> dict[str, float]:
@@ -90,7 +91,7 @@ def validation(model: TransformerLM, counts: np.ndarray | None) -> dict[str, flo
 
 # 3. Train both on the same batches (same seed), score each language.
 loss = {"moe": [], "dense": []}
-counts = np.zeros((len(languages), moe_config.n_layers, moe_config.num_experts))
+counts = np.zeros((len(languages), moe_config.n_layers, experts.num_experts))
 with threadpool_limits(limits=args.threads), tempfile.TemporaryDirectory() as tmp:
     for seed in range(args.seeds):
         for kind, config in (("moe", moe_config), ("dense", dense_config)):
@@ -128,7 +129,7 @@ for lang in languages + ("mean",):
 share = counts / counts.sum(axis=2, keepdims=True)
 last = moe_config.n_layers - 1
 print(f"\nrouting by language, layer {last + 1}: share of each language's tokens per expert (%)")
-print("expert    " + "".join(f"{e:>5}" for e in range(moe_config.num_experts)))
+print("expert    " + "".join(f"{e:>5}" for e in range(experts.num_experts)))
 for g, lang in enumerate(languages):
     print(f"{lang:<10}" + "".join(f"{100 * v:5.0f}" for v in share[g, last]))
 for layer in range(moe_config.n_layers):

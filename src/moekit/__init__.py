@@ -4,6 +4,7 @@ Subpackages:
 
 - :mod:`moekit.estimators`: statistical MoE fitted by EM (NumPy/SciPy/scikit-learn only).
 - :mod:`moekit.layers`: sparse MoE layers for PyTorch.
+- :mod:`moekit.parallel`: expert parallelism on torch.distributed, applied from outside a model.
 - :mod:`moekit.models`, :mod:`moekit.train`, :mod:`moekit.viz`: reference models, training, plots.
 - :mod:`moekit.showcases`: the five domain showcases (`moekit showcase NAME`).
 
@@ -18,8 +19,8 @@ from types import ModuleType
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("data", "estimators", "integrations", "kernels", "layers", "models", "showcases",
-               "train", "viz")
+_SUBPACKAGES = ("data", "estimators", "integrations", "kernels", "layers", "models", "parallel",
+                "showcases", "train", "viz")
 
 __all__ = ["__version__", *_SUBPACKAGES]
 

@@ -71,12 +71,3 @@ def test_info_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert set(info) >= {"moekit", "python", "packages", "devices", "kernel_backends"}
     assert info["packages"]["scikit-learn"]
     assert isinstance(info["devices"]["cuda"], list)
-
-
-def test_info_without_kernels_module(monkeypatch: pytest.MonkeyPatch,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
-    import sys
-
-    monkeypatch.setitem(sys.modules, "moekit.kernels", None)  # import now raises ImportError
-    assert main(["info"]) == 0
-    assert "moekit.kernels cannot be imported" in capsys.readouterr().out

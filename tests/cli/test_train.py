@@ -9,11 +9,8 @@ import pytest
 import torch
 
 from moekit.cli.main import main
-from moekit.train.experiment import (
-    estimate_memory,
-    parse_experiment,
-    run_experiment,
-)
+from moekit.train.experiment import parse_experiment, run_experiment
+from moekit.train.memory import estimate_memory
 
 TINY_LM = """
 [model]
@@ -168,8 +165,10 @@ def test_memory_check_uses_the_available_amount(tmp_path):
                              "train": {"steps": 1, "output_dir": str(tmp_path / "m")}})
     derived = {"image_size": 8, "in_channels": 1, "num_classes": 10}
     from moekit.train.experiment import build_models
+    from moekit.train.experiment_file import model_config
 
-    estimate = estimate_memory(spec, derived, build_models(spec, derived)["moe"])
+    estimate = estimate_memory(model_config(spec, derived), batch_size=spec.train.batch_size,
+                               factory=build_models(spec, derived)["moe"])
     assert estimate.parameters > 0
     with pytest.raises(MemoryError, match="is available on cpu; lower"):
         run_experiment(spec, available_memory=estimate.total_bytes // 2)
@@ -178,10 +177,10 @@ def test_memory_check_uses_the_available_amount(tmp_path):
 
 @pytest.mark.parametrize("name", ["lm_kjv.toml", "digits_vit_soft.yaml", "audio.toml"])
 def test_example_configs_parse_and_build(name):
-    from moekit.train.experiment import build_models, load_config_file, prepare_data
+    from moekit.train.experiment import build_models, load_config_file, load_data
 
     spec = parse_experiment(load_config_file(EXAMPLES / name), source=name)
-    data = prepare_data(spec)
+    data = load_data(spec)
     for factory in build_models(spec, data.derived).values():
         model = factory()
         x, _ = data.train.batch(0)
@@ -201,3 +200,127 @@ def test_image_and_audio_runs(tmp_path, router):
             raw["data"]["n_per_class"] = 4
         result = run_experiment(parse_experiment(raw), progress=open("/dev/null", "w"))  # noqa: SIM115
         assert result["moe"].step == 2 and result["moe"].final_val_loss is not None
+
+
+def test_resume_of_a_finished_run_says_so_and_changes_nothing(tmp_path, capsys):
+    config = write(tmp_path, TINY_LM.replace("steps = 6", "steps = 2"))
+    out = tmp_path / "done"
+    assert main(["train", str(config), "--output", str(out)]) == 0
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", str(config), "--output", str(out), "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "moe: already finished at step 2 (of 2); nothing to do" in printed
+    assert "dense: already finished" in printed
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+
+
+@pytest.mark.parametrize(("kind", "dataset", "router"),
+                         [("image", "digits", "soft"), ("audio", "audio", "topk")])
+def test_classifier_runs_report_accuracy_beside_a_dense_baseline(tmp_path, capsys, kind, dataset,
+                                                                  router):
+    text = f"""
+[model]
+kind = "{kind}"
+router = "{router}"
+d_model = 16
+d_ff = 16
+n_heads = 2
+n_layers = 1
+dense_baseline = true
+
+[data]
+dataset = "{dataset}"
+{"n_per_class = 6" if dataset == "audio" else ""}
+
+[train]
+steps = 3
+batch_size = 8
+eval_every = 0
+eval_batches = 2
+device = "cpu"
+"""
+    out = tmp_path / kind
+    assert main(["train", str(write(tmp_path, text)), "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "moe: 3 steps" in printed and "dense: 3 steps" in printed
+    assert printed.count("val accuracy") == 2
+    summary = json.loads((out / "results.json").read_text())
+    for name in ("moe", "dense"):
+        assert 0.0 <= summary[name]["final_val_accuracy"] <= 1.0
+    assert summary["dense"]["parameters_total"] < summary["moe"]["parameters_total"]
+    dense_config = json.loads((out / "dense" / "config.json").read_text())
+    assert dense_config["model"]["moe"] is None
+    from moekit.viz.report import build_report_from_run
+
+    html = build_report_from_run(out, fmt="html")[0].read_text()
+    assert "best val accuracy" in html
+    assert (out / "report_plots" / "accuracy.png").stat().st_size > 1000
+    # which expert each class goes to: recorded by sparse MoE layers (Soft MoE has no routing)
+    assert (out / "moe" / "routing.json").is_file() == (router != "soft")
+    assert (out / "report_plots" / "routing_moe.png").is_file() == (router != "soft")
+    assert not (out / "dense" / "routing.json").exists()
+
+
+def test_lm_example_advertises_only_causal_routers():
+    """The comment beside `router` in lm_kjv.toml lists routers; each must keep the LM causal."""
+    import re
+
+    from moekit.models import TransformerLM, TransformerLMConfig
+
+    line = next(x for x in (EXAMPLES / "lm_kjv.toml").read_text().splitlines()
+                if x.startswith("router"))
+    advertised = re.findall(r"\b(topk|switch|noisy_topk|sigmoid_bias|expert_choice|soft)\b",
+                            line.split("#", 1)[1])
+    assert advertised and "topk" in advertised
+    for router in advertised:
+        torch.manual_seed(0)
+        model = TransformerLM(TransformerLMConfig.create(
+            vocab_size=30, block_size=32, d_model=16, n_layers=1, n_heads=2, d_ff=16,
+            num_experts=4, top_k=1 if router == "switch" else 2, router=router)).eval()
+        a = torch.randint(0, 30, (4, 32))
+        b = a.clone()
+        b[:, 20:] = (a[:, 20:] + 3) % 30
+        with torch.no_grad():
+            assert torch.equal(model(a)[:, :20], model(b)[:, :20]), router
+
+
+def test_example_configs_keep_their_meaning():
+    """The flat keys of the example files build the nested configs they always meant."""
+    from moekit.layers import MoEConfig, SoftMoEConfig
+    from moekit.train.experiment_file import model_config
+
+    def config_of(name: str, derived: dict):
+        from moekit.train.experiment import load_config_file
+
+        return model_config(parse_experiment(load_config_file(EXAMPLES / name)), derived)
+
+    lm = config_of("lm_kjv.toml", {"vocab_size": 60})
+    assert lm.moe == MoEConfig.create(d_model=48, d_ff=48, num_experts=4, top_k=2, router="topk",
+                                      activation="swiglu", aux_loss_weight=0.01)
+    assert (lm.d_model, lm.n_layers, lm.n_heads, lm.block_size, lm.moe_every) == (48, 2, 4, 32, 1)
+    audio = config_of("audio.toml", {"n_features": 32, "max_frames": 40, "num_classes": 4})
+    # the models' aux_loss_weight default (0.01) holds for sigmoid_bias too, as it always did
+    assert audio.moe == MoEConfig.create(d_model=32, d_ff=64, num_experts=4, top_k=2,
+                                         router="sigmoid_bias", activation="gelu",
+                                         aux_loss_weight=0.01)
+    digits = config_of("digits_vit_soft.yaml", {"image_size": 8, "in_channels": 1,
+                                                "num_classes": 10})
+    assert digits.moe == SoftMoEConfig(d_model=32, d_ff=64, num_experts=4, slots_per_expert=2,
+                                       activation="gelu")
+    assert (digits.architecture, digits.patch_size, digits.n_layers) == ("vit", 2, 2)
+
+
+def test_a_run_folder_rebuilds_its_model(tmp_path):
+    """config.json's model entry builds the model its checkpoint loads into."""
+    from moekit.models import TransformerLM, TransformerLMConfig
+    from moekit.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    config = write(tmp_path, TINY_LM.replace("steps = 6", "steps = 2"))
+    out = tmp_path / "r"
+    assert main(["train", str(config), "--output", str(out)]) == 0
+    saved = json.loads((out / "moe" / "config.json").read_text())["model"]
+    model = TransformerLM(TransformerLMConfig.from_dict(saved))
+    load_checkpoint(latest_checkpoint(out / "moe" / "checkpoints"), model=model, restore_rng=False)
+    dense = json.loads((out / "dense" / "config.json").read_text())["model"]
+    assert TransformerLMConfig.from_dict(dense).moe is None

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 
+from moekit.kernels import choose_backend
 from moekit.layers import (
     DispatchConfig,
     ExpertsConfig,
@@ -81,3 +82,9 @@ def test_config_errors_name_parameter_value_and_fix(build, error, pattern):
 def test_from_config_refuses_something_else():
     with pytest.raises(TypeError, match="pass a moekit.layers.MoEConfig"):
         MoELayer.from_config({"d_model": 8})  # type: ignore[arg-type]
+
+
+def test_layer_repr_shows_router_and_dispatch_settings():
+    text = repr(MoELayer(8, 16, 4, 2, router="sigmoid_bias", capacity_factor=1.5))
+    assert "kind='sigmoid_bias', d_model=8, num_experts=4, top_k=2" in text
+    assert "capacity_factor=1.5" in text and f"backend={choose_backend()[0]!r}" in text

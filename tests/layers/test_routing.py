@@ -1,4 +1,4 @@
-"""Routing semantics of each router, from the routing table in DESIGN.md."""
+"""Routing semantics of each router, from the routing table in src/moekit/layers/routing.py."""
 
 from __future__ import annotations
 

@@ -131,9 +131,9 @@ def test_report_and_results_are_written_atomically(fake, tmp_path, monkeypatch):
     out = tmp_path / "run"
     out.mkdir()
     (out / "results.json").write_text('{"old": true}')
-    from moekit.viz import _io
+    from moekit import _files  # reports are written through moekit._files.atomic_write_text
 
-    real = _io.atomic_open
+    real = _files.atomic_open
     attempts = []
 
     def broken(path, mode="wb", **kw):
@@ -145,7 +145,7 @@ def test_report_and_results_are_written_atomically(fake, tmp_path, monkeypatch):
             def __enter__(self):
                 self.cm = real(path, mode, **kw)
                 fh = self.cm.__enter__()
-                fh.write(b"<html>half a report")
+                fh.write("<html>half a report" if "b" not in mode else b"<html>half a report")
                 raise OSError("disk full")
 
             def __exit__(self, *exc):
@@ -153,7 +153,7 @@ def test_report_and_results_are_written_atomically(fake, tmp_path, monkeypatch):
 
         return Boom()
 
-    monkeypatch.setattr(_io, "atomic_open", broken)
+    monkeypatch.setattr(_files, "atomic_open", broken)
     with pytest.raises(OSError, match="disk full"):
         run_showcase("fake", quick=True, output=out)
     assert attempts == ["report.html"]

@@ -25,7 +25,7 @@ def token_ids() -> torch.Tensor:
 
 def tiny_lm(router: str = "noisy_topk", seed: int = 0) -> TransformerLM:
     seed_everything(seed)
-    return TransformerLM(TransformerLMConfig(
+    return TransformerLM(TransformerLMConfig.create(
         vocab_size=VOCAB, block_size=8, d_model=16, n_layers=1, n_heads=2, d_ff=16,
         num_experts=4, top_k=1 if router == "switch" else 2, router=router,
     ))

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from moekit.viz import _io
 from moekit.viz.report import (
     RunFolderError,
     Section,
@@ -89,7 +88,7 @@ def test_results_keyed_by_model_and_dense_without_load(tmp_path: Path) -> None:
     (tmp_path / "results.json").write_text(json.dumps(
         {"moe": {"val_loss": 1.0}, "dense": {"val_loss": 1.1}}))
     md = build_report_from_run(tmp_path, fmt="md")[0].read_text()
-    assert "| name | val_loss |" in md and "| dense | 1.1 |" in md
+    assert "| model | val_loss |" in md and "| dense | 1.1 |" in md
     assert "malformed" not in md and "Expert load" not in md
 
 
@@ -123,24 +122,22 @@ def test_write_report_output_and_escaping(tmp_path: Path) -> None:
 
 
 def test_failed_report_write_keeps_previous(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
     run = fabricate_run(tmp_path / "run", crash_line=False)
     (html,) = build_report_from_run(run, fmt="html")
     before = html.read_bytes()
+    real_replace = os.replace
 
-    real_open = _io.atomic_open
+    def failing_replace(src, dst):  # plots are written as usual; the HTML's last step fails
+        if Path(dst).suffix == ".html":
+            raise OSError("disk full")
+        return real_replace(src, dst)
 
-    def half_write(path):  # plots are written as usual; the HTML is half written, then fails
-        if Path(path).suffix != ".html":
-            return real_open(path)
-        cm = real_open(path)
-        fh = cm.__enter__()
-        fh.write(b"<html>trunc")
-        cm.__exit__(OSError, OSError("disk full"), None)
-        raise OSError("disk full")
-
-    monkeypatch.setattr(_io, "atomic_open", half_write)
+    monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
         build_report_from_run(run, fmt="html")
+    monkeypatch.undo()
     assert html.read_bytes() == before
     assert not list(run.glob(".*.tmp"))
 
@@ -152,3 +149,75 @@ def test_preformatted_text_keeps_its_layout(tmp_path: Path) -> None:
     html_path, md_path = write_report(tmp_path, "t", [Section(title="s", preformatted=table)])
     assert "<pre>parameter   coef\nexpert 0    1.5 &lt;x&gt;</pre>" in html_path.read_text()
     assert "```\nparameter   coef\nexpert 0    1.5 <x>\n```" in md_path.read_text()
+
+
+def _capture_figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict]:
+    """Record, for every training plot a report draws, its title, labels and line colours."""
+    from moekit.viz import training
+
+    seen: dict[str, dict] = {}
+    real_save = training.save_figure
+
+    def save(fig, path, **kwargs):
+        ax = fig.axes[0]
+        seen[Path(path).name] = {"title": ax.get_title(), "ylabel": ax.get_ylabel(),
+                                 "lines": {ln.get_label(): ln.get_color() for ln in ax.lines}}
+        return real_save(fig, path, **kwargs)
+
+    monkeypatch.setattr(training, "save_figure", save)
+    return seen
+
+
+def _trainer_like_run(root: Path) -> Path:
+    """What `moekit train` with a dense baseline writes: val records carry lr and accuracy, a
+    results.json keyed by model whose entries repeat the model name, three config.json files."""
+    train = {"steps": 4, "lr": 0.003, "batch_size": 8}
+    for name in ("moe", "dense"):
+        sub = root / name
+        sub.mkdir(parents=True)
+        lines = []
+        for s in (1, 2, 4):
+            lines.append({"step": s, "split": "train", "loss": 2.0 / s, "lr": 1e-3 * s,
+                          "tokens_per_s": 100.0, "model": name})
+        lines.append({"step": 4, "split": "val", "loss": 1.0, "lr": 4e-3, "accuracy": 0.5,
+                      "tokens_per_s": None, "model": name})
+        (sub / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+        model = {"d_model": 16, "moe": None if name == "dense" else {"num_experts": 4}}
+        (sub / "config.json").write_text(json.dumps({"model_name": name, "train": train,
+                                                     "model": model}))
+    (root / "results.json").write_text(json.dumps(
+        {"moe": {"model": "moe", "final_val_loss": 1.0}, "dense": {"model": "dense",
+                                                                   "final_val_loss": 1.1}}))
+    (root / "config.json").write_text(json.dumps({"train": train, "dense_baseline": True}))
+    return root
+
+
+def test_report_plots_read_well(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _capture_figures(monkeypatch)
+    html = build_report_from_run(_trainer_like_run(tmp_path / "run"), fmt="html")[0].read_text()
+    # the learning rate has no validation meaning: no validation line on its plot
+    assert seen["lr.png"]["lines"] and not any("val" in k for k in seen["lr.png"]["lines"])
+    assert seen["lr.png"]["title"] == "Learning-rate schedule"
+    assert seen["loss.png"]["ylabel"] == "loss (cross-entropy, nats)"
+    assert "_" not in seen["tokens_per_s.png"]["title"] + seen["tokens_per_s.png"]["ylabel"]
+    assert set(seen["accuracy.png"]["lines"]) == {"moe val", "dense val"}
+    # one colour per model, whatever the order the folders were found in (dense/ sorts first)
+    assert seen["loss.png"]["lines"]["moe train"] == "C0"
+    assert seen["loss.png"]["lines"]["dense train"] == "C1"
+    # the configuration once: shared settings in one table, the differences side by side
+    assert html.count("<td>train.lr</td>") == 1
+    assert "Settings that differ between dense, moe" in html
+    # the results table has one model column, not a name and a model column
+    assert "<th>name</th>" not in html and html.count("<th>model</th>") >= 1
+
+
+def test_one_colour_per_model_in_any_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from moekit.viz import plot_training_curves
+
+    seen = _capture_figures(monkeypatch)
+    rec = [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}]
+    plot_training_curves({"moe": rec, "dense": rec}, tmp_path / "a.png")
+    plot_training_curves({"dense": rec, "moe": rec, "other": rec}, tmp_path / "b.png")
+    assert seen["a.png"]["lines"]["moe train"] == seen["b.png"]["lines"]["moe train"]
+    assert seen["a.png"]["lines"]["dense train"] == seen["b.png"]["lines"]["dense train"]
+    assert len(set(seen["b.png"]["lines"].values())) == 3

@@ -1,6 +1,6 @@
 """The tour of moekit: statistical MoE on tabular data, then a sparse MoE language model.
 
-    moekit demo                      # a few minutes on 2 CPU cores; writes ./moekit-demo/
+    moekit demo                      # about a minute on 2 CPU cores; writes ./moekit-demo/
     moekit demo --output /tmp/tour   # somewhere else
     moekit demo --quick              # a smoke run in well under a minute
 
@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 from moekit.cli.errors import CLIError
 
 HELP = "tour of moekit: fit a statistical MoE, train an MoE language model, write a report"
+NEEDS = ("torch", "safetensors", "matplotlib")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,10 +40,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="reuse an output folder that already holds a demo (its runs are replaced)")
 
 
+def check_device(device: str) -> None:
+    """Refuse ``--device cuda`` up front on a machine where torch sees no CUDA GPU."""
+    if device != "cuda":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA (a CPU build)"
+        raise CLIError(f"--device cuda: torch {torch.__version__} sees no CUDA GPU on this "
+                       f"machine (built with {build}); use --device cpu or --device auto")
+
+
 def run(args: argparse.Namespace) -> int:
     steps = args.steps if args.steps is not None else (12 if args.quick else 600)
     if steps < 1:
         raise CLIError(f"--steps={steps} must be >= 1")
+    check_device(args.device)
     out = Path(args.output).resolve()
     if (out / "lm").exists():
         if not args.force:
@@ -149,7 +162,23 @@ def _statistical_part(plots: Path, seed: int, quick: bool) -> Any:
 # --- part 2: a sparse MoE language model and its dense twin --------------------------------------
 
 def _language_model_part(out: Path, plots: Path, steps: int, args: argparse.Namespace) -> Any:
-    from moekit.train.experiment import parse_experiment, run_experiment
+    import torch
+
+    from moekit import runs
+    from moekit.layers import MoELayer
+    from moekit.models import TransformerLM
+    from moekit.train.batches import TokenBatches
+    from moekit.train.experiment import load_data, parse_experiment, run_experiment
+    from moekit.viz import (
+        CHARACTER_KINDS,
+        Section,
+        Table,
+        character_kinds,
+        count_routing_by_kind,
+        plot_expert_load,
+        plot_routing_heatmap,
+        plot_training_curves,
+    )
 
     quick = args.quick
     raw = {
@@ -165,30 +194,49 @@ def _language_model_part(out: Path, plots: Path, steps: int, args: argparse.Name
                   "output_dir": str(out / "lm")},
     }
     spec = parse_experiment(raw, source="moekit demo")
+    data = load_data(spec)
     print(f"[2/2] sparse MoE language model vs its dense twin, {steps} steps each", flush=True)
-    results = run_experiment(spec)
-    from moekit.viz import (
-        Section,
-        Table,
-        plot_expert_load,
-        plot_routing_heatmap,
-        plot_training_curves,
-    )
+    # The demo's models are small: on a CPU one thread runs them fastest, and more threads spin
+    # against each other (and anything else on the machine) for no gain.
+    threads = torch.get_num_threads()
+    if spec.train.device != "cuda":
+        torch.set_num_threads(1)
+    try:
+        results = run_experiment(spec, data=data)
+    finally:
+        torch.set_num_threads(threads)
 
-    histories = {name: _read_metrics(out / "lm" / name / "metrics.jsonl") for name in results}
+    histories = {name: runs.read_metrics(out / "lm" / name / runs.METRICS_FILE) for name in results}
     curves_png = plot_training_curves(histories, plots / "lm_curves.png",
                                       title="Language model: MoE vs dense twin (same active parameters)")
-    loads = [r["expert_load"] for r in histories["moe"]
-             if r.get("split") == "train" and r.get("expert_load")]
+    train_loads = [r for r in histories["moe"] if r.get("split") == "train" and r.get("expert_load")]
     images = [curves_png]
-    if loads:
-        images.append(plot_expert_load(loads, plots / "lm_expert_load.png",
-                                       steps=[r["step"] for r in histories["moe"]
-                                              if r.get("split") == "train" and r.get("expert_load")],
-                                       title="Expert load during training (first MoE layer)"))
-    counts, kinds = _routing_by_character_kind(spec, out / "lm" / "moe")
-    images.append(plot_routing_heatmap(counts, kinds, plots / "lm_routing.png",
-                                       title="Which expert each kind of character goes to"))
+    if train_loads:
+        images.append(plot_expert_load([r["expert_load"] for r in train_loads],
+                                       plots / "lm_expert_load.png",
+                                       steps=[r["step"] for r in train_loads],
+                                       title="Expert load during training (mean over MoE layers)"))
+
+    # Which expert each kind of character goes to, on held-out text, in the trained model.
+    model = results["moe"].model
+    if not isinstance(model, TransformerLM) or not isinstance(data.val, TokenBatches):
+        raise CLIError("the language model run returned no model")  # not reached: train() sets it
+    layer = next(m for m in model.modules() if isinstance(m, MoELayer))
+    block = model.config.block_size
+    ids = data.val.tokens[: (min(4096, len(data.val.tokens)) // block) * block]
+    model.eval()
+    with torch.no_grad():
+        model(ids.view(-1, block).to(next(model.parameters()).device))
+    if layer.stats is None:
+        raise CLIError("the MoE layer recorded no routing")  # not reached: forward sets it
+    kinds = character_kinds(data.tokenizer.decode(ids.tolist()))
+    counts = count_routing_by_kind(layer.stats.indices.cpu(), kinds,
+                                   n_kinds=len(CHARACTER_KINDS), n_experts=layer.num_experts)
+    seen = counts.sum(axis=1) > 0
+    images.append(plot_routing_heatmap(counts[seen], [k for k, s in zip(CHARACTER_KINDS, seen) if s],
+                                       plots / "lm_routing.png",
+                                       title="Which expert each kind of character goes to "
+                                             "(first MoE layer, held-out text)"))
     rows = [{"model": name, "steps": r.step, "final val loss": r.final_val_loss,
              "train time s": r.elapsed_s} for name, r in results.items()]
     return Section(
@@ -199,61 +247,3 @@ def _language_model_part(out: Path, plots: Path, steps: int, args: argparse.Name
         tables=[Table(rows=rows, caption="Validation loss (nats per character) at the end")],
         images=images,
     )
-
-
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            records.append(json.loads(line))
-    return records
-
-
-def _routing_by_character_kind(spec: Any, run_dir: Path) -> tuple[Any, list[str]]:
-    """Count, for each kind of input character, the expert slots of the first MoE layer."""
-    import numpy as np
-    import torch
-
-    from moekit.data.text import CharTokenizer, load_kjv
-    from moekit.layers import MoELayer
-    from moekit.train.checkpoint import latest_checkpoint, load_checkpoint
-    from moekit.train.experiment import build_models, prepare_data
-
-    data = prepare_data(spec)
-    model = build_models(spec, data.derived)["moe"]()
-    ckpt = latest_checkpoint(run_dir / "checkpoints")
-    if ckpt is None:
-        raise CLIError(f"no checkpoint was written under {run_dir}")
-    load_checkpoint(ckpt, model=model, restore_rng=False)
-    model.eval()
-    tokenizer = CharTokenizer.load(run_dir / "tokenizer.json")
-    text = load_kjv(max_chars=20_000)[-4_000:]
-    text = "".join(ch for ch in text if ch in tokenizer.vocab)
-    kinds = ["vowel", "consonant", "capital", "space", "punctuation", "other"]
-
-    def kind_of(ch: str) -> int:
-        if ch in "aeiou":
-            return 0
-        if ch.islower():
-            return 1
-        if ch.isupper():
-            return 2
-        if ch.isspace():
-            return 3
-        return 4 if ch in ".,;:!?'-()" else 5
-
-    block = spec.model.get("block_size", 64)
-    ids = torch.from_numpy(tokenizer.encode(text)).long()
-    n = (len(ids) // block) * block
-    layer = next(m for m in model.modules() if isinstance(m, MoELayer))
-    counts = np.zeros((len(kinds), layer.num_experts))
-    with torch.no_grad():
-        model(ids[:n].view(-1, block))
-    assert layer.stats is not None
-    chosen = layer.stats.indices.cpu().numpy()  # (T, K), -1 = dropped
-    char_kind = np.array([kind_of(ch) for ch in text[:n]])
-    for k in range(chosen.shape[1]):
-        valid = chosen[:, k] >= 0
-        np.add.at(counts, (char_kind[valid], chosen[valid, k]), 1)
-    keep = counts.sum(axis=1) > 0
-    return counts[keep], [name for name, kept in zip(kinds, keep) if kept]

@@ -8,13 +8,14 @@ Example:
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import platform
 import sys
 from importlib import metadata
 from typing import Any
+
+from moekit._deps import install_hint, is_installed
 
 HELP = "show versions of moekit and its dependencies, devices, and available kernel backends"
 
@@ -56,18 +57,12 @@ def _devices() -> dict[str, Any]:
 
 
 def _backends() -> dict[str, Any]:
-    """name -> None (available) or the reason it is not; a note when moekit.kernels is absent."""
-    try:
-        kernels = importlib.import_module("moekit.kernels")
-    except ImportError as err:
-        return {"_note": f"moekit.kernels cannot be imported: {err}"}
-    available = getattr(kernels, "available_backends", None)
-    if available is None:
-        return {"_note": "moekit.kernels.available_backends() is not there yet"}
-    try:
-        return dict(available())
-    except Exception as err:  # a diagnostic command reports the failure instead of dying
-        return {"_note": f"available_backends() failed: {type(err).__name__}: {err}"}
+    """name -> None (available) or the reason it is not; a note when torch is not installed."""
+    if not is_installed("torch"):
+        return {"_note": f"no kernel backends without torch ({install_hint(['torch'])})"}
+    from moekit.kernels import available_backends
+
+    return dict(available_backends())
 
 
 def collect() -> dict[str, Any]:

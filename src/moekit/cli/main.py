@@ -1,8 +1,10 @@
 """Entry point of the ``moekit`` command.
 
 Each subcommand lives in its own module of :mod:`moekit.cli` and exposes ``HELP`` (one line),
-``add_arguments(parser)`` (cheap: no torch import) and ``run(args) -> int``. Modules are imported
-only when their subcommand runs, so ``moekit --help`` stays fast.
+``add_arguments(parser)`` (cheap: no torch import) and ``run(args) -> int``, and optionally
+``NEEDS`` (the optional packages it imports, checked before it starts: a missing one is a
+one-line error with the pip command, see :mod:`moekit._deps`). Modules are imported only when
+their subcommand runs, so ``moekit --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from moekit import __version__
+from moekit._deps import OPTIONAL, MissingDependencyError, install_hint, require
 from moekit.cli.errors import CLIError
 
 # name -> module under moekit.cli; order is the order shown by --help.
@@ -21,7 +24,6 @@ SUBCOMMANDS: dict[str, str] = {
     "train": "train",
     "fit": "fit",
     "predict": "predict",
-    "bench": "bench",
     "report": "report",
     "showcase": "showcase",
     "info": "info",
@@ -51,9 +53,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        require(*getattr(args._module, "NEEDS", ()), feature="this command")
         return int(args._module.run(args) or 0)
-    except CLIError as err:
+    except (CLIError, MissingDependencyError) as err:
         print(f"moekit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:
+        if err.name is None or err.name.split(".")[0] not in OPTIONAL:
+            raise
+        print(f"moekit {args.command}: error: this needs {err.name.split('.')[0]}, which is not "
+              f"installed: {install_hint([err.name.split('.')[0]])}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nmoekit {args.command}: interrupted", file=sys.stderr)

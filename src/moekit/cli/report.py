@@ -15,6 +15,7 @@ from pathlib import Path
 from moekit.cli.errors import CLIError
 
 HELP = "write an HTML/Markdown report (plots, results table) of a training run folder"
+NEEDS = ("matplotlib",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,6 +5,14 @@ Legend: R rows, D in features, F out features, E groups (experts).
 ``grouped_mm(x_RD, w_EDF, offsets_E, full)`` multiplies rows ``offsets_E[e-1]:offsets_E[e]`` by
 ``w_EDF[e]``; rows past ``offsets_E[-1]`` come back as zeros (and get zero gradient). Pass
 ``full=True`` when ``offsets_E[-1]`` is known to equal R (dropless routing) to skip that zeroing.
+Operands may have any strides (a layout ``torch._grouped_mm`` rejects is copied first) and
+``offsets_E`` may be int32 or int64.
+
+Hygiene around ``torch._grouped_mm``, which leaves memory it does not compute uninitialised:
+rows past the last offset are zeroed in the output and in the input gradient, the weight gradient
+of a group without rows is zeroed (CUDA kernels may skip it), all-empty groups give zeros, and the
+incoming gradient is made contiguous (the gradient of ``.sum()`` is an expanded, stride-0 tensor,
+which the kernel rejects). ``tests/kernels/test_grouped_mm.py`` checks each with a dirty allocator.
 
 It runs ``torch._grouped_mm`` where this torch and device support it for the dtype and strides
 (CPU float32 and CUDA bfloat16 on recent torch, with 16-byte aligned rows), and otherwise a loop
@@ -40,7 +48,7 @@ def _native_reason(device_type: str, dtype: torch.dtype) -> str | None:
             out = torch._grouped_mm(x, w, offs=offs)
             gw = torch._grouped_mm(x.t(), out, offs=offs)
             reason = None if gw.shape == (2, 16, 16) else "unexpected output shape"
-        except (RuntimeError, NotImplementedError, TypeError) as err:
+        except (RuntimeError, NotImplementedError, TypeError, AssertionError) as err:  # no CUDA build: AssertionError
             reason = f"torch._grouped_mm does not run for {dtype} on {device_type}: {str(err).splitlines()[0]}"
     if reason is not None:
         _log.info("grouped_mm falls back to a loop of matmuls: %s", reason)
@@ -48,14 +56,26 @@ def _native_reason(device_type: str, dtype: torch.dtype) -> str | None:
 
 
 def _aligned(*tensors: torch.Tensor) -> bool:
-    """torch._grouped_mm needs every stride but the unit one to be a multiple of 16 bytes."""
+    """torch._grouped_mm needs a unit stride in one of the last two dims and every other stride a
+    multiple of 16 bytes."""
     for t in tensors:
         size = t.element_size()
         if t.data_ptr() % 16:
             return False
+        if 1 not in t.stride()[-2:]:
+            return False
         if any(s != 1 and (s * size) % 16 for s in t.stride()):
             return False
     return True
+
+
+def _kernel_layout(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when one of its last two dims has a unit stride, else a contiguous copy."""
+    return t if 1 in t.stride()[-2:] else t.contiguous()
+
+
+def _int32(offsets_E: torch.Tensor) -> torch.Tensor:
+    return offsets_E if offsets_E.dtype == torch.int32 else offsets_E.to(torch.int32)
 
 
 def native_reason(x: torch.Tensor, w: torch.Tensor) -> str | None:
@@ -73,6 +93,12 @@ def _zero_tail(out_RF: torch.Tensor, offsets_E: torch.Tensor) -> torch.Tensor:
     """Zero the rows past the last group (torch._grouped_mm leaves them uninitialised)."""
     rows = torch.arange(out_RF.shape[0], device=out_RF.device)
     return out_RF.masked_fill_((rows >= offsets_E[-1]).unsqueeze(-1), 0)
+
+
+def _zero_empty_groups(grad_EDF: torch.Tensor, offsets_E: torch.Tensor) -> torch.Tensor:
+    """Zero the weight gradient of groups without rows (a kernel may leave them unwritten)."""
+    sizes_E = torch.diff(offsets_E, prepend=offsets_E.new_zeros(1))
+    return grad_EDF.masked_fill_((sizes_E <= 0).view(-1, 1, 1), 0)
 
 
 def _loop_mm(x_RD: torch.Tensor, w_EDF: torch.Tensor, offsets_E: torch.Tensor) -> torch.Tensor:
@@ -100,9 +126,11 @@ def _loop_mm_weight_grad(x_RD: torch.Tensor, g_RF: torch.Tensor, offsets_E: torc
 def grouped_mm(x_RD: torch.Tensor, w_EDF: torch.Tensor, offsets_E: torch.Tensor,
                full: bool = False) -> torch.Tensor:
     """Grouped matmul; see the module docstring."""
-    if native_reason(x_RD, w_EDF) is None and x_RD.shape[0] > 0:
-        out_RF = torch._grouped_mm(x_RD, w_EDF, offs=offsets_E)
-        return out_RF if full else _zero_tail(out_RF, offsets_E)
+    if x_RD.shape[0] > 0:
+        x_k, w_k = _kernel_layout(x_RD), _kernel_layout(w_EDF)
+        if native_reason(x_k, w_k) is None:
+            out_RF = torch._grouped_mm(x_k, w_k, offs=_int32(offsets_E))
+            return out_RF if full else _zero_tail(out_RF, offsets_E)
     return _loop_mm(x_RD, w_EDF, offsets_E)
 
 
@@ -114,10 +142,12 @@ def _grouped_mm_fake(x_RD: torch.Tensor, w_EDF: torch.Tensor, offsets_E: torch.T
 
 @torch.library.custom_op("moekit::grouped_mm_weight_grad", mutates_args=())
 def grouped_mm_weight_grad(x_RD: torch.Tensor, g_RF: torch.Tensor, offsets_E: torch.Tensor) -> torch.Tensor:
-    """``grad_w[e] = x_e^T @ g_e`` for each group e: (E, D, F)."""
-    xt_DR = x_RD.t()
-    if x_RD.shape[0] > 0 and native_reason(x_RD, g_RF) is None and _aligned(xt_DR, g_RF):
-        return torch._grouped_mm(xt_DR, g_RF, offs=offsets_E)
+    """``grad_w[e] = x_e^T @ g_e`` for each group e: (E, D, F); zero for groups without rows."""
+    xt_DR = _kernel_layout(x_RD.t())
+    g_k = _kernel_layout(g_RF)
+    if x_RD.shape[0] > 0 and native_reason(xt_DR.t(), g_k) is None and _aligned(xt_DR, g_k):
+        grad_EDF = torch._grouped_mm(xt_DR, g_k, offs=_int32(offsets_E))
+        return _zero_empty_groups(grad_EDF, offsets_E)
     return _loop_mm_weight_grad(x_RD, g_RF, offsets_E)
 
 
@@ -134,7 +164,7 @@ def _setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
 
 def _backward(ctx, grad_RF: torch.Tensor):  # type: ignore[no-untyped-def]
     x_RD, w_EDF, offsets_E = ctx.saved_tensors
-    grad_RF = grad_RF.contiguous()
+    grad_RF = grad_RF.contiguous()  # e.g. expanded (stride 0) from .sum()
     grad_x = grad_w = None
     if ctx.needs_input_grad[0]:
         grad_x = grouped_mm(grad_RF, w_EDF.transpose(-1, -2), offsets_E, ctx.full)

@@ -6,6 +6,10 @@ frozen :class:`MoEConfig`. Legend used in the code: T tokens, D model dim, F exp
 E experts, K experts per token, C capacity, R dispatched rows.
 """
 
+from moekit._deps import require
+
+require("torch", feature="moekit.layers")
+
 from moekit.layers.config import DispatchConfig, ExpertsConfig, MoEConfig, SharedExpertsConfig
 from moekit.layers.dispatch import capacity, capacity_keep
 from moekit.layers.experts import FeedForward, GroupedExperts, ModuleExperts
@@ -23,10 +27,11 @@ from moekit.layers.routing import (
     register_router_bias_update,
     update_router_biases,
 )
-from moekit.layers.soft import SoftMoE
-from moekit.layers.stats import RoutingStats
+from moekit.layers.soft import SoftMoE, SoftMoEConfig
+from moekit.layers.stats import CommStats, RoutingStats
 
 __all__ = [
+    "CommStats",
     "DispatchConfig",
     "ExpertsConfig",
     "FeedForward",
@@ -40,6 +45,7 @@ __all__ = [
     "RoutingStats",
     "SharedExpertsConfig",
     "SoftMoE",
+    "SoftMoEConfig",
     "capacity",
     "capacity_keep",
     "cv_squared",

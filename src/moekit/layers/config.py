@@ -28,7 +28,7 @@ from moekit.layers._checks import check_choice, check_positive_int
 from moekit.layers.experts import ACTIVATIONS, Activation
 from moekit.layers.routing import RouterConfig, RouterKind
 
-Backend = Literal["loop", "grouped_mm", "triton"]
+Backend = Literal["loop", "grouped_mm", "cpu", "triton"]
 BACKEND_NAMES: tuple[str, ...] = get_args(Backend)
 DropPolicy = Literal["position", "score"]
 DROP_POLICIES: tuple[str, ...] = get_args(DropPolicy)
@@ -87,8 +87,10 @@ class DispatchConfig:
         at most ``C = ceil(capacity_factor * T * K / E)`` slots and drops the rest.
     drop_policy : which slots an over-full expert keeps: ``"position"`` (every token's first
         choice before any second choice, earlier tokens first) or ``"score"`` (largest weights).
-    backend : None (automatic: ``"grouped_mm"``), ``"loop"`` (the readable reference),
-        ``"grouped_mm"`` or ``"triton"`` (fused Triton kernels on CUDA; never chosen automatically).
+    backend : None (automatic: :func:`moekit.kernels.choose_backend`, ``"cpu"`` or
+        ``"grouped_mm"``), ``"loop"`` (the readable reference), ``"grouped_mm"``, ``"cpu"`` (the
+        fused CPU path; other devices run ``grouped_mm``) or ``"triton"`` (fused Triton kernels
+        on CUDA; never chosen automatically).
     """
 
     capacity_factor: float | None = None

@@ -16,7 +16,8 @@ Rows of expert e are ``x_RD[n_0 + ... + n_{e-1} : n_0 + ... + n_e]``; rows past 
 dispatchers hold no learnable state (they are not ``nn.Module``\\ s). ``dispatcher(x_TD, routing,
 keep_TK, experts)`` runs the three steps; a fused implementation may override that call, never
 the meaning. Expert parallelism (:mod:`moekit.parallel`) is another dispatcher with the same two
-methods, wrapping a local one around its all-to-alls.
+methods, wrapping a local one around its all-to-alls; :meth:`Dispatcher.with_local` keeps it in
+place when the layer's backend changes, and :attr:`Dispatcher.comm` reports its traffic.
 
 Implementations:
 
@@ -25,6 +26,9 @@ Implementations:
   result is deterministic; the backward of dispatch is a combine and vice versa).
 - :class:`LoopDispatcher` (``backend="loop"``): the readable reference, one expert at a time with
   ``torch.where`` and ``index_add`` (a host sync per expert).
+- :class:`FusedCPUDispatcher` (``backend="cpu"``): overrides the call to run dispatch, experts and
+  combine as one fused CPU op (:func:`moekit.kernels.fused_moe_cpu`); where that cannot run (other
+  devices, dtypes, experts) it runs :class:`SortedDispatcher`'s three steps, and logs why once.
 - :class:`TritonDispatcher` (``backend="triton"``, by name only): a fused call, dispatch + experts
   + combine in :func:`moekit.kernels.moe_triton.moe_ffn_triton` (the gather inside the first GEMM,
   the routing weight and the combine inside the second's epilogue and a deterministic sum). Its
@@ -49,14 +53,17 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from moekit.kernels import fused_moe_cpu, fused_moe_cpu_reason
 from moekit.kernels.moe_triton import moe_ffn_triton, triton_status
 from moekit.kernels.ops import gather_rows, sum_rows
 from moekit.layers._checks import count_values, router_dtype
 from moekit.layers.config import DropPolicy
+from moekit.layers.experts import GroupedExperts
 from moekit.layers.routing import Routing
 
 if TYPE_CHECKING:
     from moekit.layers.experts import Experts
+    from moekit.layers.stats import CommStats
 
 
 def capacity(num_tokens: int, top_k: int, num_experts: int, capacity_factor: float | None) -> int | None:
@@ -155,6 +162,20 @@ class Dispatcher:
         y_RD = experts(x_RD, tokens_per_expert_E, full=meta.full)
         return self.combine(y_RD, meta)
 
+    def with_local(self, local: Dispatcher) -> Dispatcher:
+        """The dispatcher to use once the layer's local backend becomes ``local``.
+
+        A local dispatcher is simply replaced; an outer one (expert parallelism) returns itself
+        rebuilt around ``local``, so switching ``layer.backend`` never drops it.
+        """
+        return local
+
+    @property
+    def comm(self) -> CommStats | None:
+        """Communication of the last call (:class:`~moekit.layers.stats.CommStats`); None for a
+        dispatcher that moves no tokens between processes."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -238,8 +259,38 @@ _log = logging.getLogger("moekit.kernels")
 
 
 @functools.cache
+def _log_cpu_fallback(reason: str) -> None:
+    _log.info("backend='cpu' runs the sorted grouped_mm path: %s", reason)
+
+
+@functools.cache
 def _log_triton_fallback(reason: str) -> None:
     _log.warning("backend='triton' falls back to the sorted grouped_mm path: %s", reason)
+
+
+class FusedCPUDispatcher(SortedDispatcher):
+    """Dispatch, experts and combine fused on CPU (``backend="cpu"``); see :mod:`moekit.kernels`.
+
+    Same meaning as :class:`SortedDispatcher` (whose ``dispatch``/``combine`` it keeps for outer
+    dispatchers); the call runs :func:`~moekit.kernels.fused_moe_cpu` with the experts' weights
+    when the input and experts allow it, else the sorted path.
+    """
+
+    name: ClassVar[str] = "cpu"
+
+    def __call__(self, x_TD: torch.Tensor, routing: Routing, keep_TK: torch.Tensor | None,
+                 experts: Experts, capacity: int | None = None) -> torch.Tensor:
+        if not isinstance(experts, GroupedExperts):
+            _log_cpu_fallback(f"{type(experts).__name__} are not grouped FFN experts")
+            return super().__call__(x_TD, routing, keep_TK, experts, capacity)
+        reason = fused_moe_cpu_reason(x_TD.device, x_TD.dtype, experts.activation)
+        if reason is not None:
+            _log_cpu_fallback(reason)
+            return super().__call__(x_TD, routing, keep_TK, experts, capacity)
+        y_TD = fused_moe_cpu(x_TD, routing.indices_TK, routing.weights_TK, keep_TK,
+                             experts.w_in, experts.w_down, experts.b_in, experts.b_down,
+                             activation=experts.activation)
+        return y_TD
 
 
 class TritonDispatcher(SortedDispatcher):
@@ -266,9 +317,9 @@ class TritonDispatcher(SortedDispatcher):
 
 
 _DISPATCHERS: dict[str, type[Dispatcher]] = {"loop": LoopDispatcher, "grouped_mm": SortedDispatcher,
-                                             "triton": TritonDispatcher}
+                                             "cpu": FusedCPUDispatcher, "triton": TritonDispatcher}
 
 
 def make_dispatcher(backend: str) -> Dispatcher:
-    """The dispatcher of a backend name (``"loop"``, ``"grouped_mm"`` or ``"triton"``)."""
+    """The dispatcher of a backend name (``"loop"``, ``"grouped_mm"``, ``"cpu"`` or ``"triton"``)."""
     return _DISPATCHERS[backend]()

@@ -7,6 +7,11 @@ keeps ``moe.aux_loss`` (a float32 scalar, already weighted; part of the autograd
 training) and ``moe.stats`` (:class:`RoutingStats`, detached). ``total_aux_loss(model)`` sums the
 aux losses of every MoE layer in a model.
 
+Two plain attributes let parallelism be applied from outside without this file knowing about it:
+``moe.dispatcher`` (any :class:`~moekit.layers.dispatch.Dispatcher`) and ``moe.reduce_sums``
+(None, or a :data:`~moekit.layers.losses.SumReducer` that makes the aux losses those of the whole
+batch across processes; :mod:`moekit.parallel` installs an all-reduce).
+
 Non-finite input: a token whose features contain NaN or Inf gets a non-finite output row; the
 other tokens' outputs are unaffected (expert matmuls are row-wise), and a ``sigmoid_bias`` router
 leaves its bias untouched for that batch. Check ``torch.isfinite`` upstream if you need to skip
@@ -21,6 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from moekit.kernels import choose_backend
 from moekit.layers._checks import check_choice, check_dtype_matches, check_input
 from moekit.layers.config import (
     BACKEND_NAMES,
@@ -31,7 +37,7 @@ from moekit.layers.config import (
 )
 from moekit.layers.dispatch import Dispatcher, capacity, capacity_keep, make_dispatcher
 from moekit.layers.experts import Activation, FeedForward, GroupedExperts, ModuleExperts
-from moekit.layers.losses import router_z_loss
+from moekit.layers.losses import SumReducer, router_z_loss
 from moekit.layers.routing import Router, RouterKind, Routing
 from moekit.layers.stats import RoutingStats, routing_stats
 
@@ -65,9 +71,11 @@ class MoELayer(nn.Module):
     aux_loss_weight : weight of the balancing loss; None = 0.01, or 0 for the routers that
         balance without it (``sigmoid_bias``, ``expert_choice``).
     z_loss_weight : weight of the router z-loss.
-    backend : None (automatic: ``"grouped_mm"`` for grouped experts), ``"loop"`` (the readable
-        reference), ``"grouped_mm"`` or ``"triton"`` (fused Triton kernels on a CUDA GPU, by name
-        only; elsewhere it falls back to ``"grouped_mm"`` and logs why); assign
+    backend : None (automatic: :func:`moekit.kernels.choose_backend` for grouped experts, else
+        ``"loop"``), ``"loop"`` (the readable reference), ``"grouped_mm"``, ``"cpu"`` (the fused
+        CPU path; other devices and dtypes run ``grouped_mm``) or ``"triton"`` (fused Triton
+        kernels on a CUDA GPU, by name only; elsewhere it falls back to ``"grouped_mm"`` and logs
+        why); assign
         ``layer.backend = name`` to switch later (same weights).
     experts : optional list of modules to use as experts instead of grouped FFNs (any
         architecture, mapping (R, D) -> (R, D)); runs with the ``loop`` backend.
@@ -113,7 +121,7 @@ class MoELayer(nn.Module):
                 f"experts has {len(experts)} modules but num_experts={num_experts}; "
                 f"pass num_experts={len(experts)}"
             )
-        if experts is not None and backend in ("grouped_mm", "triton"):
+        if experts is not None and backend in ("grouped_mm", "cpu", "triton"):
             raise ValueError(f"backend={backend!r} needs grouped FFN experts; with experts=[...] "
                              "use backend='loop' or None")
         config = MoEConfig.create(
@@ -157,6 +165,7 @@ class MoELayer(nn.Module):
         self._set_backend(config.dispatch.backend)
         self.aux_loss: torch.Tensor | None = None
         self.stats: RoutingStats | None = None
+        self.reduce_sums: SumReducer | None = None
 
     # --- read-only views of the config ------------------------------------------------------
 
@@ -207,12 +216,17 @@ class MoELayer(nn.Module):
 
     def _set_backend(self, name: Backend | None) -> None:
         grouped = isinstance(self.experts, GroupedExperts)
-        if name in ("grouped_mm", "triton") and not grouped:
+        if name in ("grouped_mm", "cpu", "triton") and not grouped:
             raise ValueError(f"backend={name!r} needs grouped FFN experts; with experts=[...] "
                              "use backend='loop' or None")
-        resolved: Backend = name or ("grouped_mm" if grouped else "loop")
+        resolved: Backend = name or "loop"
+        if name is None and isinstance(self.experts, GroupedExperts):
+            w = self.experts.w_in
+            resolved = choose_backend(w.device, w.dtype)[0]  # type: ignore[assignment]
         self._backend = resolved
-        self.dispatcher = make_dispatcher(resolved)
+        current: Dispatcher | None = getattr(self, "dispatcher", None)
+        local = make_dispatcher(resolved)
+        self.dispatcher = local if current is None else current.with_local(local)
         if isinstance(self.experts, GroupedExperts):
             self.experts.kernel = "loop" if resolved == "loop" else "grouped_mm"
 
@@ -231,9 +245,10 @@ class MoELayer(nn.Module):
                 shared_TD = torch.sigmoid(self.shared_gate(x_TD)) * shared_TD
             y_TD = y_TD + shared_TD
         self.aux_loss = self._aux_loss(routing)
-        self.stats = routing_stats(routing.indices_TK, keep_TK,
-                                   self.router.token_distribution(routing), self.num_experts,
-                                   routing.keep_TK)
+        stats = routing_stats(routing.indices_TK, keep_TK, self.router.token_distribution(routing),
+                              self.num_experts, routing.keep_TK)
+        comm = self.dispatcher.comm
+        self.stats = stats if comm is None else dataclasses.replace(stats, comm=comm)
         return y_TD.view(x.shape)
 
     def _keep(self, routing: Routing) -> tuple[torch.Tensor | None, int | None]:
@@ -256,9 +271,9 @@ class MoELayer(nn.Module):
     def _aux_loss(self, routing: Routing) -> torch.Tensor:
         loss = routing.logits_TE.new_zeros(())
         if self.aux_loss_weight > 0:
-            loss = loss + self.aux_loss_weight * self.router.balance_loss(routing)
+            loss = loss + self.aux_loss_weight * self.router.balance_loss(routing, self.reduce_sums)
         if self.z_loss_weight > 0:
-            loss = loss + self.z_loss_weight * router_z_loss(routing.logits_TE)
+            loss = loss + self.z_loss_weight * router_z_loss(routing.logits_TE, self.reduce_sums)
         return loss
 
     def extra_repr(self) -> str:

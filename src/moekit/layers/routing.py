@@ -314,8 +314,13 @@ class Router(nn.Module):
             probs_TE = probs_TE / probs_TE.sum(dim=-1, keepdim=True).clamp_min(1e-20)
         return probs_TE
 
-    def balance_loss(self, routing: Routing) -> torch.Tensor:
-        """The router's own balancing loss (unweighted); zero where none applies."""
+    def balance_loss(self, routing: Routing,
+                     reduce_sums: losses.SumReducer | None = None) -> torch.Tensor:
+        """The router's own balancing loss (unweighted); zero where none applies.
+
+        ``reduce_sums`` (optional) makes it the loss of the whole batch across processes (see
+        :mod:`moekit.layers.losses`).
+        """
         kind = self.config.kind
         if kind == "expert_choice":
             return routing.logits_TE.new_zeros(())
@@ -326,11 +331,15 @@ class Router(nn.Module):
             load_E = routing.load_E
             if load_E is None:
                 load_E = count_values(routing.indices_TK, E).float()
-            return losses.importance_load_loss(gates_TE, load_E)
+            return losses.importance_load_loss(gates_TE, load_E, reduce_sums)
         probs_TE = routing.probs_TE
         if kind == "sigmoid_bias":  # DeepSeek-V3's complementary loss uses normalised scores
             probs_TE = probs_TE / (probs_TE.sum(dim=-1, keepdim=True) + 1e-20)
-        return losses.switch_load_balancing_loss(probs_TE, routing.indices_TK)
+        return losses.switch_load_balancing_loss(probs_TE, routing.indices_TK, reduce_sums)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"kind={c.kind!r}, d_model={c.d_model}, num_experts={c.num_experts}, top_k={c.top_k}"
 
 
 class _CountOnBackward(torch.autograd.Function):
@@ -406,7 +415,3 @@ def register_router_bias_update(optimizer: torch.optim.Optimizer, model: nn.Modu
         update_router_biases(model)
 
     return optimizer.register_step_post_hook(hook)
-
-    def extra_repr(self) -> str:
-        c = self.config
-        return f"kind={c.kind!r}, d_model={c.d_model}, num_experts={c.num_experts}, top_k={c.top_k}"

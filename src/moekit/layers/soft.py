@@ -10,12 +10,52 @@ Soft MoE is for encoders (ViT), not causal decoders.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moekit.layers._checks import check_dtype_matches, check_input, check_positive_int, router_dtype
-from moekit.layers.experts import Activation, GroupedExperts
+from moekit.layers._checks import (
+    check_choice,
+    check_dtype_matches,
+    check_input,
+    check_positive_int,
+    router_dtype,
+)
+from moekit.layers.experts import ACTIVATIONS, Activation, GroupedExperts
+
+
+@dataclass(frozen=True, kw_only=True)
+class SoftMoEConfig:
+    """Everything a :class:`SoftMoE` is built from (it has no router, capacity or aux loss).
+
+    Parameters
+    ----------
+    d_model, d_ff, num_experts : sizes D, F, E.
+    slots_per_expert : P, slots each expert processes per sequence.
+    activation : expert activation, as in :class:`~moekit.layers.GroupedExperts`.
+    normalize : l2-normalise tokens and slot embeddings with a learned scale.
+
+    Examples
+    --------
+    >>> from moekit.layers import SoftMoE, SoftMoEConfig
+    >>> cfg = SoftMoEConfig(d_model=16, d_ff=32, num_experts=4, slots_per_expert=2)
+    >>> SoftMoE.from_config(cfg).config == cfg
+    True
+    """
+
+    d_model: int
+    d_ff: int
+    num_experts: int
+    slots_per_expert: int = 1
+    activation: Activation = "gelu"
+    normalize: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "d_ff", "num_experts", "slots_per_expert"):
+            check_positive_int(name, getattr(self, name))
+        check_choice("activation", self.activation, ACTIVATIONS)
 
 
 class SoftMoE(nn.Module):
@@ -41,13 +81,25 @@ class SoftMoE(nn.Module):
     def __init__(self, d_model: int, d_ff: int, num_experts: int, slots_per_expert: int = 1,
                  activation: Activation = "gelu", normalize: bool = True) -> None:
         super().__init__()
-        self.d_model = check_positive_int("d_model", d_model)
-        self.num_experts = check_positive_int("num_experts", num_experts)
-        self.slots_per_expert = check_positive_int("slots_per_expert", slots_per_expert)
+        self.config = SoftMoEConfig(d_model=d_model, d_ff=d_ff, num_experts=num_experts,
+                                    slots_per_expert=slots_per_expert, activation=activation,
+                                    normalize=normalize)
+        self.d_model, self.num_experts = d_model, num_experts
+        self.slots_per_expert = slots_per_expert
         self.phi = nn.Parameter(torch.randn(d_model, num_experts * slots_per_expert) * d_model**-0.5)
         self.scale = nn.Parameter(torch.ones(())) if normalize else None
         self.experts = GroupedExperts(d_model, d_ff, num_experts, activation)
         self.aux_loss: torch.Tensor | None = None  # Soft MoE needs no balancing loss
+
+    @classmethod
+    def from_config(cls, config: SoftMoEConfig) -> SoftMoE:
+        """The layer described by ``config`` (fresh weights); ``layer.config == config``."""
+        if not isinstance(config, SoftMoEConfig):
+            raise TypeError(f"config is a {type(config).__name__}; pass a "
+                            "moekit.layers.SoftMoEConfig")
+        return cls(config.d_model, config.d_ff, config.num_experts,
+                   slots_per_expert=config.slots_per_expert, activation=config.activation,
+                   normalize=config.normalize)
 
     def forward(self, x_BND: torch.Tensor) -> torch.Tensor:
         check_input(x_BND, self.d_model, "SoftMoE")

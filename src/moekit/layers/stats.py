@@ -1,6 +1,10 @@
 """Routing statistics of one forward: load per expert, drops, router entropy (all detached).
 
-Legend: T tokens, E experts, K slots per token.
+Legend: T tokens, E experts, K slots per token, R ranks of an expert-parallel group.
+
+Under expert parallelism (:mod:`moekit.parallel`) the statistics describe this rank's tokens, and
+``stats.comm`` (:class:`CommStats`) adds the token traffic of the forward; in a single process
+``comm`` is None and nothing else changes.
 """
 
 from __future__ import annotations
@@ -10,6 +14,49 @@ from dataclasses import dataclass
 import torch
 
 from moekit.layers._checks import count_values
+
+
+@dataclass(frozen=True)
+class CommStats:
+    """Token traffic of one forward of a layer under expert parallelism (CPU tensors).
+
+    The dispatch sends each token once to every rank holding at least one of its kept experts;
+    that rank returns one row, the weighted sum of its experts' outputs. So each direction moves
+    ``pairs[s, d]`` rows from rank s to rank d (and back), ``row_bytes`` each; rows a rank keeps
+    for itself (the diagonal) are copied locally and cross no wire.
+
+    Attributes
+    ----------
+    rank : this rank's index in the expert-parallel group.
+    pairs : (R, R) int64 distinct (token, destination rank) pairs source rank s sent to rank d.
+    tokens : (R,) int64 tokens each rank routed in this forward.
+    slots : (R,) int64 expert slots each rank computed (kept slots of the experts it holds).
+    row_bytes : bytes of one token row (``d_model * element size`` of the layer's input).
+    metadata_row_bytes : bytes of routing metadata sent with each row in the dispatch (the K
+        combine weights and K local expert ids, in the router's float dtype).
+    """
+
+    rank: int
+    pairs: torch.Tensor
+    tokens: torch.Tensor
+    slots: torch.Tensor
+    row_bytes: int
+    metadata_row_bytes: int
+
+    @property
+    def bytes_sent(self) -> torch.Tensor:
+        """(R,) int64 token bytes each rank sends to other ranks, per direction."""
+        return (self.pairs.sum(dim=1) - self.pairs.diagonal()) * self.row_bytes
+
+    @property
+    def bytes_received(self) -> torch.Tensor:
+        """(R,) int64 token bytes each rank receives from other ranks, per direction."""
+        return (self.pairs.sum(dim=0) - self.pairs.diagonal()) * self.row_bytes
+
+    def imbalance(self) -> float:
+        """max / mean of the expert slots per rank: 1.0 is balanced, R means one rank did all."""
+        slots = self.slots.float()
+        return float(slots.max() / slots.mean()) if float(slots.sum()) > 0 else 1.0
 
 
 @dataclass(frozen=True)
@@ -24,6 +71,7 @@ class RoutingStats:
         ``expert_choice``: fraction of tokens no expert picked).
     router_entropy : scalar, mean entropy (nats) of the router's distribution per token.
     indices : (T, K) expert of each token-slot, -1 where the slot was dropped.
+    comm : :class:`CommStats` of the forward under expert parallelism; None in a single process.
     """
 
     tokens_per_expert: torch.Tensor
@@ -31,11 +79,17 @@ class RoutingStats:
     dropped_fraction: torch.Tensor
     router_entropy: torch.Tensor
     indices: torch.Tensor
+    comm: CommStats | None = None
 
     def balance(self) -> float:
         """max load / mean load: 1.0 is perfectly balanced, E means one expert took everything."""
-        load = self.load.float()
-        return float(load.max() / load.mean().clamp_min(1e-12)) if load.numel() else 1.0
+        return load_balance(self.load)
+
+
+def load_balance(load_E: torch.Tensor) -> float:
+    """max / mean of a load per expert ``(E,)`` (shares or counts): 1.0 is perfectly balanced."""
+    load = load_E.detach().float()
+    return float(load.max() / load.mean().clamp_min(1e-12)) if load.numel() else 1.0
 
 
 @torch.no_grad()

@@ -5,40 +5,49 @@ MoE blocks (``x + moe(ln(x))``), then a linear head. Each image is one token for
 
 ``architecture="vit"``: the image is cut into ``patch_size x patch_size`` patches (tokens) with a
 learned position embedding, then ``n_layers`` pre-norm transformer blocks (bidirectional attention)
-whose MLPs are :class:`moekit.layers.MoELayer` (any router) or :class:`moekit.layers.SoftMoE`
-(``router="soft"``), then mean pooling and a linear head.
+whose MLPs are :class:`moekit.layers.MoELayer` (any router, ``moe`` an
+:class:`~moekit.layers.MoEConfig`) or :class:`moekit.layers.SoftMoE` (``moe`` a
+:class:`~moekit.layers.SoftMoEConfig`), then mean pooling and a linear head. ``moe=None`` gives
+the dense model (:func:`moekit.models.dense_twin` sizes it to the same active compute).
 
 Example
 -------
 >>> import torch
+>>> from moekit.layers import SoftMoEConfig
 >>> from moekit.models.image_classifier import ImageClassifier, ImageClassifierConfig
->>> config = ImageClassifierConfig(image_size=8, num_classes=10, architecture="vit",
-...                                router="soft", d_model=32, d_ff=32, n_heads=2)
+>>> config = ImageClassifierConfig(image_size=8, num_classes=10, architecture="vit", d_model=32,
+...                                n_heads=2, d_ff=32,
+...                                moe=SoftMoEConfig(d_model=32, d_ff=32, num_experts=4))
 >>> ImageClassifier(config)(torch.zeros(5, 1, 8, 8)).shape
 torch.Size([5, 10])
+>>> ImageClassifierConfig.create(router="soft", d_model=32, d_ff=32, n_heads=2) == config
+True
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moekit.layers import MoEConfig, SoftMoEConfig
+from moekit.layers._checks import check_choice, check_positive_int
+from moekit.layers.experts import ACTIVATIONS, Activation
+from moekit.layers.routing import RouterKind
 from moekit.models.blocks import (
-    ACTIVATIONS,
-    ROUTERS,
-    Activation,
     Block,
+    MLPConfig,
     SelfAttention,
-    check_choice,
-    check_positive,
+    check_dropout,
+    check_mlp_config,
+    config_from_dict,
+    flat_moe_config,
     make_mlp,
 )
-
-ImageRouter = Literal["topk", "switch", "noisy_topk", "sigmoid_bias", "expert_choice", "soft"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,22 +66,17 @@ class ImageClassifierConfig:
         Residual MLP-MoE on flattened pixels, or a small vision transformer on patches.
     patch_size : int
         Side of a ViT patch; must divide ``image_size``.
-    d_model, n_layers, n_heads, d_ff : int
-        Width, depth, attention heads (ViT only) and expert hidden size.
-    num_experts, top_k : int
-        Experts per layer and experts per token (ignored by ``router="soft"``).
-    router : {"topk", "switch", "noisy_topk", "sigmoid_bias", "expert_choice", "soft"}
-        ``"soft"`` (ViT only) uses Soft MoE layers with ``slots_per_expert`` slots per expert.
-    activation : {"swiglu", "geglu", "gelu", "relu", "silu"}
-        Expert activation (Soft MoE uses gelu for gated choices).
-    capacity_factor : float or None
-        None = dropless.
-    aux_loss_weight, z_loss_weight : float
-        Weights of the balancing loss and router z-loss.
-    slots_per_expert : int
-        Soft MoE slots per expert.
+    d_model, n_layers, n_heads : int
+        Width, depth and attention heads (ViT only).
+    moe : moekit.layers.MoEConfig, moekit.layers.SoftMoEConfig or None
+        The MLP of every block (its ``d_model`` must be the model's); Soft MoE needs the ViT;
+        None builds dense MLPs of hidden size ``d_ff``.
+    d_ff, activation : int, str
+        Hidden size and activation of the dense MLPs (used when ``moe`` is None).
     dropout : float
         Dropout in the blocks.
+
+    :meth:`create` builds the config from the flat keywords of experiment files.
     """
 
     image_size: int = 8
@@ -83,40 +87,80 @@ class ImageClassifierConfig:
     d_model: int = 64
     n_layers: int = 2
     n_heads: int = 4
+    moe: MoEConfig | SoftMoEConfig | None = None
     d_ff: int = 128
-    num_experts: int = 4
-    top_k: int = 2
-    router: ImageRouter = "topk"
     activation: Activation = "gelu"
-    capacity_factor: float | None = None
-    aux_loss_weight: float = 0.01
-    z_loss_weight: float = 0.0
-    slots_per_expert: int = 1
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("image_size", "in_channels", "num_classes", "patch_size", "d_model",
-                     "n_layers", "n_heads", "d_ff", "num_experts", "top_k", "slots_per_expert"):
-            check_positive(name, getattr(self, name))
+                     "n_layers", "n_heads", "d_ff"):
+            check_positive_int(name, getattr(self, name))
         check_choice("architecture", self.architecture, ("mlp", "vit"))
-        check_choice("router", self.router, (*ROUTERS, "soft"))
         check_choice("activation", self.activation, ACTIVATIONS)
-        if self.router == "soft" and self.architecture != "vit":
-            raise ValueError("router='soft' mixes tokens within an image and needs "
+        check_dropout(self.dropout)
+        check_mlp_config(self.moe, self.d_model, allow_soft=True, model="ImageClassifier")
+        if isinstance(self.moe, SoftMoEConfig) and self.architecture != "vit":
+            raise ValueError("Soft MoE (router='soft') mixes tokens within an image and needs "
                              f"architecture='vit', got architecture={self.architecture!r}; "
                              "set architecture='vit' or pick another router")
         if self.image_size % self.patch_size != 0:
             raise ValueError(f"patch_size={self.patch_size} must divide image_size={self.image_size}; "
                              "pick a divisor")
         if self.architecture == "vit" and self.d_model % self.n_heads != 0:
-            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
-        if self.router != "soft" and self.top_k > self.num_experts:
-            raise ValueError(f"top_k={self.top_k} must be <= num_experts={self.num_experts}; "
-                             "lower top_k or add experts")
-        if self.router == "switch" and self.top_k != 1:
-            raise ValueError(f"router='switch' needs top_k=1, got top_k={self.top_k}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}; "
+                             "change one of them")
+
+    @property
+    def tokens(self) -> int:
+        """Tokens per image the MLPs see: patches for the ViT, 1 for the MLP architecture."""
+        return (self.image_size // self.patch_size) ** 2 if self.architecture == "vit" else 1
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ImageClassifierConfig:
+        """The config from a dict: ``dataclasses.asdict(config)`` (a run's ``config.json``
+        ``model`` entry, which round-trips) or the flat keywords of :meth:`create`."""
+        return config_from_dict(cls, data)  # type: ignore[no-any-return]
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        image_size: int = 8,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        architecture: Literal["mlp", "vit"] = "vit",
+        patch_size: int = 2,
+        d_model: int = 64,
+        n_layers: int = 2,
+        n_heads: int = 4,
+        d_ff: int = 128,
+        num_experts: int = 4,
+        top_k: int = 2,
+        router: RouterKind | Literal["soft"] = "topk",
+        activation: Activation = "gelu",
+        capacity_factor: float | None = None,
+        aux_loss_weight: float = 0.01,
+        z_loss_weight: float = 0.0,
+        slots_per_expert: int = 1,
+        mlp: Literal["moe", "dense"] = "moe",
+        dropout: float = 0.0,
+    ) -> ImageClassifierConfig:
+        """The config from flat keywords, as experiment files write them.
+
+        ``router="soft"`` builds Soft MoE layers with ``slots_per_expert`` slots per expert
+        (``top_k``, ``capacity_factor`` and the loss weights do not apply to them);
+        ``mlp="dense"`` a dense model.
+        """
+        moe: MLPConfig = flat_moe_config(
+            mlp=mlp, router=router, d_model=d_model, d_ff=d_ff, num_experts=num_experts,
+            top_k=top_k, activation=activation, capacity_factor=capacity_factor,
+            num_shared_experts=0, aux_loss_weight=aux_loss_weight, z_loss_weight=z_loss_weight,
+            slots_per_expert=slots_per_expert)
+        return cls(image_size=image_size, in_channels=in_channels, num_classes=num_classes,
+                   architecture=architecture, patch_size=patch_size, d_model=d_model,
+                   n_layers=n_layers, n_heads=n_heads, moe=moe, d_ff=d_ff, activation=activation,
+                   dropout=dropout)
 
 
 class ImageClassifier(nn.Module):
@@ -124,17 +168,12 @@ class ImageClassifier(nn.Module):
 
     def __init__(self, config: ImageClassifierConfig) -> None:
         super().__init__()
+        if not isinstance(config, ImageClassifierConfig):
+            raise TypeError(f"config is a {type(config).__name__}; pass an ImageClassifierConfig")
         self.config = c = config
-        mlp_kind: Literal["moe", "soft"] = "soft" if c.router == "soft" else "moe"
 
         def mlp() -> nn.Module:
-            return make_mlp(
-                kind=mlp_kind, d_model=c.d_model, d_ff=c.d_ff, num_experts=c.num_experts,
-                top_k=c.top_k, router="topk" if c.router == "soft" else c.router,
-                activation=c.activation, capacity_factor=c.capacity_factor,
-                num_shared_experts=0, aux_loss_weight=c.aux_loss_weight,
-                z_loss_weight=c.z_loss_weight, slots_per_expert=c.slots_per_expert,
-            )
+            return make_mlp(c.moe, d_model=c.d_model, d_ff=c.d_ff, activation=c.activation)
 
         if c.architecture == "mlp":
             self.stem = nn.Linear(c.in_channels * c.image_size**2, c.d_model)

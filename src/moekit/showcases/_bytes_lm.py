@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from moekit._files import atomic_write_text
-from moekit.layers import MoELayer
+from moekit.layers import MoEConfig, MoELayer
 from moekit.models import TransformerLM, TransformerLMConfig, dense_twin_config
 
 __all__ = ["LMShape", "Routed", "Trained", "build_model", "char_count", "decode", "encode", "model_configs",
@@ -55,12 +55,14 @@ def model_configs(shape: LMShape) -> tuple[TransformerLMConfig, TransformerLMCon
 
     The one place that knows how :class:`moekit.models.TransformerLMConfig` spells an MoE.
     """
-    moe = TransformerLMConfig(
-        vocab_size=VOCAB, block_size=shape.block_size, d_model=shape.d_model,
-        n_layers=shape.n_layers, n_heads=shape.n_heads, d_ff=shape.d_ff,
-        num_experts=shape.num_experts, top_k=shape.top_k, router=shape.router,  # type: ignore[arg-type]
-        aux_loss_weight=shape.aux_loss_weight)
-    return moe, dense_twin_config(moe)
+    moe = MoEConfig.create(d_model=shape.d_model, d_ff=shape.d_ff,
+                           num_experts=shape.num_experts, top_k=shape.top_k,
+                           router=shape.router,  # type: ignore[arg-type]
+                           aux_loss_weight=shape.aux_loss_weight)
+    config = TransformerLMConfig(vocab_size=VOCAB, block_size=shape.block_size,
+                                 d_model=shape.d_model, n_layers=shape.n_layers,
+                                 n_heads=shape.n_heads, moe=moe, d_ff=shape.d_ff)
+    return config, dense_twin_config(config)
 
 
 def build_model(config: TransformerLMConfig, seed: int) -> TransformerLM:

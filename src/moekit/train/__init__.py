@@ -5,6 +5,10 @@
 ...                TrainConfig(steps=200, output_dir="runs/lm"))              # doctest: +SKIP
 """
 
+from moekit._deps import require
+
+require("torch", "safetensors", feature="moekit.train")
+
 from moekit.train.batches import ArrayBatches, BatchSource, TokenBatches
 from moekit.train.checkpoint import (
     CheckpointState,

@@ -24,6 +24,7 @@ import random
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -152,6 +153,21 @@ def _save_model(path: Path, model: nn.Module) -> None:
     fsync_path(path)
 
 
+def _save_state(path: Path, state: Mapping[str, torch.Tensor]) -> None:
+    """A state dict, keeping one name per shared tensor (as save_model does; load_model fills
+    the other names of tied weights)."""
+    kept: dict[str, torch.Tensor] = {}
+    seen: set[tuple[int, tuple[int, ...]]] = set()
+    for key in sorted(state):
+        t = state[key]
+        ident = (t.data_ptr(), tuple(t.shape))
+        if t.numel() and ident in seen:
+            continue
+        seen.add(ident)
+        kept[key] = t.detach().contiguous()
+    _save_tensors(path, kept)
+
+
 # --- public API --------------------------------------------------------------------------------
 
 def step_dir_name(step: int) -> str:
@@ -195,6 +211,8 @@ def save_checkpoint(
     config: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
     keep: int | None = None,
+    model_state: Mapping[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write the checkpoint of ``step`` under ``root`` atomically and point ``latest`` at it.
 
@@ -210,6 +228,9 @@ def save_checkpoint(
         JSON-serialisable run configuration and free-form information stored in ``state.json``.
     keep : int, optional
         Keep only the ``keep`` newest checkpoints (older ones are deleted after ``latest`` moved).
+    model_state, optimizer_state : optional
+        What to write instead of ``model.state_dict()`` / ``optimizer.state_dict()`` (expert
+        parallelism passes the gathered single-process state, :mod:`moekit.train.distributed`).
 
     Returns
     -------
@@ -221,7 +242,10 @@ def save_checkpoint(
     final = root / step_dir_name(step)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{final.name}-"))
     try:
-        _save_model(tmp / MODEL_FILE, model)
+        if model_state is None:
+            _save_model(tmp / MODEL_FILE, model)
+        else:
+            _save_state(tmp / MODEL_FILE, model_state)
         state: dict[str, Any] = {
             "format": "moekit-checkpoint-1",
             "step": step,
@@ -230,7 +254,7 @@ def save_checkpoint(
             "rng": capture_rng_state(),
         }
         if optimizer is not None:
-            tensors, meta = _split_optimizer_state(optimizer.state_dict())
+            tensors, meta = _split_optimizer_state(optimizer_state or optimizer.state_dict())
             _save_tensors(tmp / OPTIMIZER_FILE, tensors)
             state["optimizer"] = meta
         if scheduler is not None:
@@ -301,3 +325,44 @@ def load_checkpoint(
         restore_rng_state(state["rng"])
     return CheckpointState(path=path, step=int(state["step"]), config=state.get("config", {}),
                            extra=state.get("extra", {}))
+
+
+@dataclass(frozen=True)
+class CheckpointContents:
+    """A checkpoint read into memory, loaded into nothing (:func:`read_checkpoint`).
+
+    Attributes
+    ----------
+    path : the checkpoint folder.
+    state : the parsed ``state.json``.
+    model : the model tensors (one name per tied tensor).
+    optimizer : ``optimizer.state_dict()`` as saved, or None.
+    """
+
+    path: Path
+    state: dict[str, Any]
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any] | None
+
+
+def read_checkpoint(path: str | os.PathLike[str], *,
+                    device: str | torch.device = "cpu") -> CheckpointContents:
+    """Read a checkpoint folder (or a checkpoints root's latest) without loading it anywhere.
+
+    For code that loads the tensors its own way (expert parallelism slices them per rank).
+    """
+    path = Path(path)
+    if not (path / STATE_FILE).is_file():
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise FileNotFoundError(f"no checkpoint at {path}: expected a folder with {STATE_FILE} "
+                                    f"or a checkpoints folder with a '{LATEST_FILE}' file")
+        path = latest
+    with open(path / STATE_FILE, encoding="utf-8") as f:
+        state = json.load(f)
+    model = safetensors.torch.load_file(str(path / MODEL_FILE), device=str(device))
+    optimizer = None
+    if "optimizer" in state:
+        tensors = safetensors.torch.load_file(str(path / OPTIMIZER_FILE), device=str(device))
+        optimizer = _join_optimizer_state(tensors, state["optimizer"])
+    return CheckpointContents(path=path, state=state, model=model, optimizer=optimizer)

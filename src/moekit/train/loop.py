@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
 import signal
 import sys
@@ -19,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -29,18 +30,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moekit import runs
 from moekit._files import atomic_write_json
-from moekit.layers import total_aux_loss, update_router_biases
+from moekit.layers import MoELayer, total_aux_loss, update_router_biases
+from moekit.layers.stats import load_balance
 from moekit.models.params import count_parameters
 from moekit.train.batches import BatchSource
 from moekit.train.checkpoint import (
+    CheckpointState,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
 )
 from moekit.train.config import TrainConfig
-from moekit.train.metrics import MetricsWriter, Progress, balance, expert_load, truncate_metrics
+from moekit.train.distributed import DistributedTraining
+from moekit.train.metrics import (
+    MetricsWriter,
+    Progress,
+    class_routing_counts,
+    expert_load,
+    truncate_metrics,
+)
 from moekit.train.optim import build_optimizer, build_scheduler
 
 
@@ -73,7 +84,15 @@ class TrainResult:
     checkpoint : Path or None
         The last checkpoint written.
     elapsed_s : float
-        Wall time of this call.
+        Wall time of the whole run, summed over resumed segments.
+    final_val_accuracy : float or None
+        Top-1 accuracy on the validation batches at the end (of the next token for a language
+        model; None without validation data).
+    already_done : bool
+        The run had finished before this call (resume of a finished run): nothing was trained
+        or written; the numbers are those of its ``results.json``.
+    model : nn.Module or None
+        The trained model (the one passed in).
     """
 
     model_name: str
@@ -83,6 +102,9 @@ class TrainResult:
     output_dir: Path
     checkpoint: Path | None
     elapsed_s: float
+    final_val_accuracy: float | None = None
+    already_done: bool = False
+    model: nn.Module | None = field(default=None, repr=False, compare=False)
 
 
 def seed_everything(seed: int) -> None:
@@ -126,30 +148,63 @@ def task_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, data: BatchSource, *, batches: int, device: torch.device,
-             autocast_dtype: torch.dtype | None = None) -> tuple[float, list[float]]:
-    """Mean task loss over ``data.batch(0 .. batches-1)`` in eval mode, and the mean expert load.
+@dataclass(frozen=True)
+class _Evaluation:
+    loss: float
+    accuracy: float
+    expert_load: list[float]
+    routing_by_class: list[list[float]] | None = None  # (classes, E), classifiers only
 
-    The model is put in eval mode (no router noise, no balancing-bias update, no dropout) and
-    returned to the mode it was in.
-    """
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, data: BatchSource, *, batches: int, device: torch.device,
+              autocast_dtype: torch.dtype | None = None) -> _Evaluation:
     was_training = model.training
     model.eval()
     losses, loads = [], []
+    correct, total = 0, 0
+    first_moe = next((m for m in model.modules() if isinstance(m, MoELayer)), None)
+    by_class: torch.Tensor | None = None
     try:
         for i in range(batches):
             x, y = (t.to(device) for t in data.batch(i))
             with _autocast(device, autocast_dtype):
                 logits = model(x)
             losses.append(task_loss(logits, y).item())
+            correct += int((logits.argmax(dim=-1) == y).sum())
+            total += y.numel()
             load = expert_load(model)
             if load is not None:
                 loads.append(load)
+            if first_moe is not None and first_moe.stats is not None and y.dim() == 1:
+                counts = class_routing_counts(first_moe.stats.indices, y, logits.shape[-1],
+                                              first_moe.num_experts)
+                if counts is not None:
+                    by_class = counts if by_class is None else by_class + counts
     finally:
         model.train(was_training)
     mean_load = torch.stack(loads).mean(0).tolist() if loads else []
-    return sum(losses) / len(losses), mean_load
+    return _Evaluation(loss=sum(losses) / len(losses), accuracy=correct / max(total, 1),
+                       expert_load=mean_load,
+                       routing_by_class=by_class.tolist() if by_class is not None else None)
+
+
+def evaluate(model: nn.Module, data: BatchSource, *, batches: int, device: torch.device,
+             autocast_dtype: torch.dtype | None = None) -> tuple[float, list[float]]:
+    """Mean task loss over ``data.batch(0 .. batches-1)`` in eval mode, and the mean expert load.
+
+    The model is put in eval mode (no router noise, no balancing-bias update, no dropout) and
+    returned to the mode it was in. (The training loop also records the top-1 accuracy.)
+    """
+    result = _evaluate(model, data, batches=batches, device=device, autocast_dtype=autocast_dtype)
+    return result.loss, result.expert_load
+
+
+def _balance(load: list[float] | torch.Tensor | None) -> float | None:
+    """max/mean of a mean expert load (None for models without MoE layers)."""
+    if load is None or len(load) == 0:
+        return None
+    return load_balance(torch.as_tensor(load, dtype=torch.float32))
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
@@ -195,6 +250,7 @@ def train(
     callbacks: Sequence[Callable[[StepEnd], None]] = (),
     progress: IO[str] | None = None,
     resume_hint: str | None = None,
+    distributed: DistributedTraining | None = None,
 ) -> TrainResult:
     """Train ``model`` for ``config.steps`` steps, writing metrics and checkpoints.
 
@@ -207,7 +263,8 @@ def train(
     config : TrainConfig
     resume : bool
         Continue from the latest checkpoint in ``config.output_dir`` (error if there is none).
-        The result is identical to an uninterrupted run on CPU.
+        The result is identical to an uninterrupted run on CPU. A run that already reached
+        ``config.steps`` is left as it is (the result has ``already_done=True``).
     model_name : str
         Written in every metrics line (``"moe"``, ``"dense"``...).
     run_config : dict, optional
@@ -220,6 +277,9 @@ def train(
         Where the progress line goes (default ``sys.stderr``).
     resume_hint : str, optional
         The command that resumes this run, printed after Ctrl-C.
+    distributed : DistributedTraining, optional
+        Train as one rank of a process group (:mod:`moekit.train.distributed`): each rank takes
+        its share of every batch, experts are sharded, only rank 0 writes files.
 
     Returns
     -------
@@ -234,8 +294,9 @@ def train(
     """
     started = time.perf_counter()
     out = Path(config.output_dir)
-    ckpt_root = out / "checkpoints"
-    metrics_path = out / "metrics.jsonl"
+    ckpt_root = out / runs.CHECKPOINTS_DIR
+    metrics_path = out / runs.METRICS_FILE
+    results_path = out / runs.RESULTS_FILE
     device = resolve_device(config.device)
     autocast_dtype = resolve_precision(config.precision, device)
 
@@ -244,50 +305,85 @@ def train(
                               "(resume=True, `moekit train --resume`) or pick another output folder")
     seed_everything(config.seed)
     model.to(device)
+    net, main, par = model, True, distributed  # net: what runs forward (DDP under distributed)
+    save_fn: Callable[..., Path] = save_checkpoint
+    load_fn: Callable[..., CheckpointState] = load_checkpoint
+    clip_fn: Callable[..., torch.Tensor] = torch.nn.utils.clip_grad_norm_
+    if par is not None:
+        net, main = par.prepare(model, config.seed), par.is_main
+        save_fn, load_fn, clip_fn = par.save_checkpoint, par.load_checkpoint, par.clip_grad_norm_
+        train_data = par.shard(train_data)
+        val_data = par.shard(val_data) if val_data is not None else None
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
     saved_config = {"model_name": model_name, "train": dataclasses.asdict(config),
                     **(run_config or {})}
 
+    def evaluate_run(forward: nn.Module, data: BatchSource) -> _Evaluation:
+        ev = _evaluate(forward, data, batches=config.eval_batches, device=device,
+                       autocast_dtype=autocast_dtype)
+        if par is None:
+            return ev
+        return dataclasses.replace(ev, loss=par.mean(ev.loss), accuracy=par.mean(ev.accuracy))
+
     start_step = 0
     last_checkpoint: Path | None = None
+    before = 0.0  # seconds spent by earlier segments of a resumed run
+    last_eval: _Evaluation | None = None
+    display = Progress(config.steps, log_every=config.log_every, stream=progress,
+                       prefix=f"[{model_name}] " if model_name != "model" else "")
+    val_loss: float | None = None
+    val_accuracy: float | None = None
     if resume:
         found = latest_checkpoint(ckpt_root)
         if found is None:
             raise FileNotFoundError(f"nothing to resume: no checkpoint in {ckpt_root}; start the run "
                                     "without resume (drop --resume)")
-        state = load_checkpoint(found, model=model, optimizer=optimizer, scheduler=scheduler,
-                                scaler=scaler)
+        state = load_fn(found, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
         start_step, last_checkpoint = state.step, found
-        truncate_metrics(metrics_path, start_step)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", saved_config)
+        before = float(state.extra.get("elapsed_s", 0.0))
+        if start_step >= config.steps:
+            if results_path.is_file():
+                display.message(f"already finished: step {start_step} of {config.steps} is done; "
+                                f"nothing to resume, {out} is left as it is")
+                return _finished_result(results_path, model_name, start_step, out, found, model)
+            # The final checkpoint was written but results.json was not: write it below.
+            final = None if val_data is None else evaluate_run(net, val_data)
+            val_loss = final.loss if final else None
+            val_accuracy = final.accuracy if final else None
+            last_eval = final
+        if main:
+            truncate_metrics(metrics_path, start_step)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / runs.CONFIG_FILE, saved_config)
 
-    writer = MetricsWriter(metrics_path)
-    display = Progress(config.steps, log_every=config.log_every, stream=progress,
-                       prefix=f"[{model_name}] " if model_name != "model" else "")
+    writer = MetricsWriter(metrics_path if main else os.devnull)
     if resume:
         display.message(f"resumed from {last_checkpoint} at step {start_step}")
 
-    def checkpoint(step: int) -> Path:
-        return save_checkpoint(ckpt_root, step=step, model=model, optimizer=optimizer,
-                               scheduler=scheduler, scaler=scaler, config=saved_config,
-                               extra={"model_name": model_name}, keep=config.keep_checkpoints)
+    def run_time() -> float:
+        return before + time.perf_counter() - started
 
-    def run_eval(step: int) -> float | None:
+    def checkpoint(step: int) -> Path:
+        return save_fn(ckpt_root, step=step, model=model, optimizer=optimizer,
+                       scheduler=scheduler, scaler=scaler, config=saved_config,
+                       extra={"model_name": model_name, "elapsed_s": run_time()},
+                       keep=config.keep_checkpoints)
+
+    def run_eval(step: int) -> _Evaluation | None:
         if val_data is None:
             return None
-        loss, load = evaluate(model, val_data, batches=config.eval_batches, device=device,
-                              autocast_dtype=autocast_dtype)
-        writer.write({"step": step, "split": "val", "loss": loss, "lr": scheduler.get_last_lr()[0],
-                      "tokens_per_s": None, "expert_load": load, "model": model_name,
-                      "balance": balance(load), "time_s": time.perf_counter() - started})
-        display.message(f"step {step}: val loss {loss:.4f}")
-        return loss
+        ev = evaluate_run(net, val_data)
+        writer.write({"step": step, "split": "val", "loss": ev.loss, "accuracy": ev.accuracy,
+                      "lr": scheduler.get_last_lr()[0], "tokens_per_s": None,
+                      "expert_load": ev.expert_load, "model": model_name,
+                      "balance": _balance(ev.expert_load), "time_s": run_time()})
+        display.message(f"step {step}: val loss {ev.loss:.4f}, accuracy {ev.accuracy:.1%}")
+        return ev
 
     losses: list[float] = []
-    val_loss: float | None = None
     step = start_step  # steps completed
     saved_step = start_step if resume else -1
     in_step = False
@@ -301,13 +397,13 @@ def train(
                 in_step = True
                 x, y = (t.to(device, non_blocking=True) for t in train_data.batch(step))
                 with _autocast(device, autocast_dtype):
-                    logits = model(x)
+                    logits = net(x)
                 loss = task_loss(logits, y)
                 aux = total_aux_loss(model)
                 scaler.scale(loss + aux).backward()
                 if config.grad_clip is not None:
                     scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                    clip_fn(model.parameters(), config.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
                 update_router_biases(model)  # aux-loss-free balancing: once per optimizer step
@@ -317,7 +413,7 @@ def train(
                 step += 1
                 in_step = False
 
-                loss_value = loss.item()
+                loss_value = loss.item() if par is None else par.mean(loss.item())
                 if not math.isfinite(loss_value):
                     raise FloatingPointError(f"loss became {loss_value} at step {step}; lower lr "
                                              f"(now {config.lr}) or enable grad_clip")
@@ -325,31 +421,36 @@ def train(
                 load = expert_load(model)
                 window_loss += loss_value
                 window_aux += float(aux.detach())
-                window_items += y.numel()
+                window_items += y.numel() * (1 if par is None else par.world_size)
                 window_steps += 1
                 if load is not None:
                     window_load = load if window_load is None else window_load + load
-                if step % config.log_every == 0 or step == config.steps or step == start_step + 1:
+                # Step 1 is logged for a prompt first line; a resumed run logs where the
+                # uninterrupted one would, so its curves have no extra point.
+                if step % config.log_every == 0 or step == config.steps or step == 1:
                     elapsed = max(time.perf_counter() - window_start, 1e-9)
                     mean_load = (window_load / window_steps).tolist() if window_load is not None else []
                     mean_loss, rate = window_loss / window_steps, window_items / elapsed
                     writer.write({"step": step, "split": "train", "loss": mean_loss, "lr": lr,
                                   "tokens_per_s": rate, "expert_load": mean_load,
                                   "model": model_name, "aux_loss": window_aux / window_steps,
-                                  "balance": balance(mean_load),
-                                  "time_s": time.perf_counter() - started})
+                                  "balance": _balance(mean_load), "time_s": run_time()})
                     display.step(step, loss=mean_loss, lr=lr, tokens_per_s=rate,
-                                 balance=balance(mean_load))
+                                 balance=_balance(mean_load),
+                                 unit="tok/s" if y.dim() > 1 else "examples/s")
                     window_loss, window_aux, window_items, window_steps = 0.0, 0.0, 0, 0
                     window_load, window_start = None, time.perf_counter()
                 if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
-                    val_loss = run_eval(step)
+                    ev = run_eval(step)
+                    val_loss = ev.loss if ev else None
+                    val_accuracy = ev.accuracy if ev else None
+                    last_eval = ev
                 if (config.checkpoint_every and step % config.checkpoint_every == 0) \
                         or step == config.steps:
                     last_checkpoint, saved_step = checkpoint(step), step
                 for callback in callbacks:
                     callback(StepEnd(step=step, loss=loss_value, model=model, optimizer=optimizer))
-                if interrupt.requested:
+                if interrupt.requested if par is None else par.any(interrupt.requested):
                     raise KeyboardInterrupt
     except KeyboardInterrupt:
         display.close()
@@ -370,16 +471,44 @@ def train(
         writer.close()
         display.close()
 
-    elapsed = time.perf_counter() - started
-    total, active = count_parameters(model)
+    elapsed = run_time()
+    total, active = count_parameters(model) if par is None else par.count_parameters(model)
     tail = losses[-max(1, config.log_every):]
     results = {"model": model_name, "steps": step,
-               "final_train_loss": sum(tail) / len(tail) if tail else None,
-               "final_val_loss": val_loss, "parameters_total": total, "parameters_active": active,
+               "final_train_loss": sum(tail) / len(tail) if tail else _last_train_loss(metrics_path),
+               "final_val_loss": val_loss, "final_val_accuracy": val_accuracy,
+               "parameters_total": total, "parameters_active": active,
                "elapsed_s": elapsed, "device": device.type,
                "precision": str(autocast_dtype).removeprefix("torch.") if autocast_dtype else "fp32"}
-    atomic_write_json(out / "results.json", results)
-    result = TrainResult(model_name=model_name, step=step, train_losses=losses,
-                         final_val_loss=val_loss, output_dir=out, checkpoint=last_checkpoint,
-                         elapsed_s=elapsed)
-    return result
+    if main:
+        atomic_write_json(results_path, results)
+    if main and last_eval is not None and last_eval.routing_by_class is not None:
+        atomic_write_json(out / runs.ROUTING_FILE, {
+            "model": model_name, "step": step, "layer": "first MoE layer",
+            "what": "token-slots of each class (validation data) sent to each expert",
+            "counts": last_eval.routing_by_class})
+    return TrainResult(model_name=model_name, step=step, train_losses=losses,
+                       final_val_loss=val_loss, output_dir=out, checkpoint=last_checkpoint,
+                       elapsed_s=elapsed, final_val_accuracy=val_accuracy, model=model)
+
+
+def _last_train_loss(metrics_path: Path) -> float | None:
+    records = runs.read_metrics(metrics_path) if metrics_path.is_file() else []
+    losses = [r["loss"] for r in records if r.get("split") == "train" and r.get("loss") is not None]
+    return float(losses[-1]) if losses else None
+
+
+def _finished_result(results_path: Path, model_name: str, step: int, out: Path,
+                     checkpoint: Path, model: nn.Module) -> TrainResult:
+    """What :func:`train` returns for a run that had already finished: its recorded results."""
+    recorded = runs.read_json(results_path)
+
+    def number(key: str) -> float | None:
+        value = recorded.get(key) if isinstance(recorded, dict) else None
+        return float(value) if isinstance(value, (int, float)) else None
+
+    return TrainResult(model_name=model_name, step=step, train_losses=[],
+                       final_val_loss=number("final_val_loss"), output_dir=out,
+                       checkpoint=checkpoint, elapsed_s=number("elapsed_s") or 0.0,
+                       final_val_accuracy=number("final_val_accuracy"), already_done=True,
+                       model=model)

@@ -9,9 +9,12 @@ counted from the shapes the caller gives. It exists to refuse a configuration th
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch import nn
 
 BYTES_PER_PARAMETER = 16  # fp32 weight + gradient + AdamW exp_avg + exp_avg_sq
 
@@ -83,3 +86,41 @@ def check_fits(estimate: MemoryEstimate, device: torch.device, *, available: int
         f"{gib(estimate.activation_bytes)} of activations) but only {gib(free)} is available on "
         f"{device.type}; {hint or 'make the model or the batch smaller'}"
     )
+
+
+def _mlp_hidden_per_token(config: Any, tokens: int) -> float:
+    """Hidden units one token's MLP activates: k experts (+ shared), Soft MoE's share of the
+    slots, or the dense MLP."""
+    from moekit.layers import SoftMoEConfig
+
+    moe = config.moe
+    if moe is None:
+        return float(config.d_ff)
+    if isinstance(moe, SoftMoEConfig):
+        return moe.num_experts * moe.slots_per_expert * moe.d_ff / max(tokens, 1)
+    shared = moe.shared.d_ff if moe.shared is not None else 0
+    return float(max(moe.top_k, 1) * moe.experts.d_ff + shared)
+
+
+def estimate_memory(config: Any, *, batch_size: int,
+                    factory: Callable[[], nn.Module]) -> MemoryEstimate:
+    """Parameters (counted on the meta device, nothing allocated) and activations of one run.
+
+    ``config`` is the model's config (a TransformerLMConfig, ImageClassifierConfig or
+    AudioClassifierConfig), ``factory`` builds the model.
+    """
+    from moekit.models import TransformerLMConfig
+
+    with torch.device("meta"):
+        model = factory()
+    n_params = sum(p.numel() for p in model.parameters())
+    if isinstance(config, TransformerLMConfig):
+        tokens, n_out, lm = config.block_size, config.vocab_size, True
+    else:
+        tokens, n_out, lm = config.tokens, config.num_classes, False
+    hidden = _mlp_hidden_per_token(config, tokens) * 4  # gate, up, activation, product per slot
+    per_token_layer = 16 * config.d_model + hidden
+    attention = getattr(config, "n_heads", 1) * tokens * 2  # scores + probabilities per query
+    activations = batch_size * tokens * config.n_layers * (per_token_layer + attention)
+    activations += batch_size * tokens * n_out * 3 if lm else batch_size * n_out * 3
+    return MemoryEstimate(parameters=n_params, activation_bytes=int(4 * activations))

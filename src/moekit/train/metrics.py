@@ -1,6 +1,6 @@
 """Metrics as JSON lines, expert-load summaries, and the progress display.
 
-Every line of ``metrics.jsonl`` is one JSON object::
+Every line of ``metrics.jsonl`` (its name and readers: :mod:`moekit.runs`) is one JSON object::
 
     {"step": 120, "split": "train" | "val", "loss": 2.31, "lr": 0.00093,
      "tokens_per_s": 10450.0, "expert_load": [0.26, 0.24, ...], "model": "moe",
@@ -10,6 +10,8 @@ Every line of ``metrics.jsonl`` is one JSON object::
 compare directly); ``expert_load`` is the fraction of token-slots each expert received, averaged
 over the MoE layers (and, for train lines, over the steps since the previous line); ``balance`` is
 max/mean of that load (1 = perfectly balanced). Models without MoE layers write ``[]`` and null.
+Validation lines also hold ``accuracy``, the top-1 accuracy (of the next token for an LM); for a
+classifier ``tokens_per_s`` counts examples.
 """
 
 from __future__ import annotations
@@ -44,12 +46,23 @@ def expert_load(model: nn.Module) -> torch.Tensor | None:
     return torch.stack(loads).mean(dim=0)
 
 
-def balance(load: list[float]) -> float | None:
-    """max(load) / mean(load): 1.0 when every expert gets the same share."""
-    if not load:
+def class_routing_counts(indices_TK: torch.Tensor, labels_B: torch.Tensor, num_classes: int,
+                         num_experts: int) -> torch.Tensor | None:
+    """(classes, E) token-slots of each class sent to each expert in one batch of a classifier.
+
+    Each of the T = B * N tokens (patches, frames) has the label of its example; dropped slots
+    (index -1) are not counted. None when T is not a multiple of the batch.
+    """
+    T, B = indices_TK.shape[0], labels_B.shape[0]
+    if B == 0 or T % B:
         return None
-    mean = sum(load) / len(load)
-    return max(load) / mean if mean > 0 else None
+    kinds_T = labels_B.to(indices_TK.device).long().repeat_interleave(T // B)
+    kinds_TK = kinds_T[:, None].expand_as(indices_TK)
+    kept = indices_TK >= 0
+    counts = torch.zeros(num_classes, num_experts, dtype=torch.float64, device=indices_TK.device)
+    one = torch.ones((), dtype=torch.float64, device=indices_TK.device)
+    counts.index_put_((kinds_TK[kept], indices_TK[kept]), one, accumulate=True)
+    return counts.cpu()
 
 
 class MetricsWriter:
@@ -99,11 +112,11 @@ class Progress:
         self._open_line = False
 
     def step(self, step: int, *, loss: float, lr: float, tokens_per_s: float,
-             balance: float | None) -> None:
-        """Show the state after ``step`` steps."""
+             balance: float | None, unit: str = "tok/s") -> None:
+        """Show the state after ``step`` steps (``tokens_per_s`` items per second, in ``unit``)."""
         width = len(str(self.total))
         text = (f"{self.prefix}step {step:>{width}}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  "
-                f"{tokens_per_s:,.0f} tok/s")
+                f"{tokens_per_s:,.0f} {unit}")
         if balance is not None:
             text += f"  load max/mean {balance:.2f}"
         if self.tty:

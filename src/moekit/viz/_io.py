@@ -1,4 +1,4 @@
-"""Shared helpers of the plotting modules: array conversion and atomic file writes."""
+"""Shared helpers of the plotting modules: array conversion, figures, atomic PNG writes."""
 
 from __future__ import annotations
 
@@ -35,14 +35,6 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 110) ->
     path = Path(path)
     with atomic_open(path) as fh:
         fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight")
-    return path
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically; return the path."""
-    path = Path(path)
-    with atomic_open(path) as fh:  # looked up here, so tests can make it fail
-        fh.write(text.encode("utf-8"))
     return path
 
 

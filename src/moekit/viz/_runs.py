@@ -1,4 +1,4 @@
-"""Read what a training run leaves in a folder (the contract is in :mod:`moekit.viz.report`)."""
+"""Read what a training run leaves in a folder (the names and formats are in :mod:`moekit.runs`)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "config.json"
-RESULTS_FILE = "results.json"
+from moekit.runs import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, ROUTING_FILE, read_metrics
+
 PLOTS_DIR = "report_plots"
-_MAX_NOTED_LINES = 5
 
 
 @dataclass
@@ -25,31 +23,7 @@ class RunData:
     results: list[dict[str, Any]] | None = None
     pngs: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-def read_metrics(path: Path, notes: list[str]) -> list[dict[str, Any]]:
-    """Parse a JSON-lines file; lines that are not JSON objects are skipped and noted."""
-    records: list[dict[str, Any]] = []
-    bad: list[int] = []
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                bad.append(lineno)
-                continue
-            if isinstance(rec, dict):
-                records.append(rec)
-            else:
-                bad.append(lineno)
-    if bad:
-        shown = ", ".join(str(n) for n in bad[:_MAX_NOTED_LINES])
-        more = f" and {len(bad) - _MAX_NOTED_LINES} more" if len(bad) > _MAX_NOTED_LINES else ""
-        notes.append(f"{path}: skipped {len(bad)} line(s) that are not JSON objects "
-                     f"(line {shown}{more}); a run stopped mid-write leaves a partial last line")
-    return records
+    routing: dict[str, Any] | None = None
 
 
 def _read_json(path: Path, notes: list[str]) -> Any:
@@ -75,8 +49,10 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _results_rows(data: Any, path: Path, notes: list[str]) -> list[dict[str, Any]] | None:
     if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
-        # {"moe": {...}, "dense": {...}}: one row per entry, named by its key
-        return [{"name": k, **flatten(v)} for k, v in data.items()]
+        # {"moe": {...}, "dense": {...}}: one row per entry, its key in the "model" column (an
+        # inner "model" field, which repeats the key in moekit's own runs, is not shown twice)
+        return [{"model": k, **{f: x for f, x in flatten(v).items() if f != "model"}}
+                for k, v in data.items()]
     if isinstance(data, dict):
         return [flatten(data)]
     if isinstance(data, list) and all(isinstance(r, dict) for r in data):
@@ -102,6 +78,13 @@ def read_run(folder: Path, name: str) -> RunData:
     results = folder / RESULTS_FILE
     if results.is_file():
         run.results = _results_rows(_read_json(results, run.notes), results, run.notes)
+    routing = folder / ROUTING_FILE
+    if routing.is_file():
+        data = _read_json(routing, run.notes)
+        if isinstance(data, dict) and isinstance(data.get("counts"), list):
+            run.routing = data
+        elif data is not None:
+            run.notes.append(f"{routing}: expected an object with a 'counts' table; skipped")
     run.pngs = sorted(p for p in folder.glob("*.png") if p.is_file())
     return run
 

@@ -5,7 +5,8 @@ training run left in a folder, makes the plots and writes the report.
 
 Run-folder contract
 -------------------
-What :func:`build_report_from_run` reads; every piece is optional except that at least one
+What :func:`build_report_from_run` reads (``moekit train`` writes these files; their names and
+formats are defined in :mod:`moekit.runs`); every piece is optional except that at least one
 ``metrics.jsonl`` must hold a record::
 
     RUN_DIR/
@@ -14,6 +15,9 @@ What :func:`build_report_from_run` reads; every piece is optional except that at
       results.json       a JSON object (one row), a list of objects (one row each), or an
                          object of objects ({"moe": {...}, "dense": {...}}: one row each,
                          the key in a "name" column); nested objects become dotted columns
+      routing.json       {"counts": [[...]], "model": ...}: token-slots of each class per
+                         expert, drawn as a heatmap (class names from config.json's
+                         data_info.class_names)
       *.png              plots the run made itself, embedded as they are
       NAME/              sub-runs (e.g. ``moe/`` and ``dense/``) with the same layout; any
                          sub-folder holding a metrics.jsonl is one
@@ -46,8 +50,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from moekit._files import atomic_write_text
 from moekit.viz import _render, _runs
-from moekit.viz._io import write_text_atomic
 
 __all__ = ["RunFolderError", "Section", "Table", "build_report_from_run", "write_report"]
 
@@ -178,7 +182,7 @@ def write_report(
             text = _render.render_html(title, subtitle, resolved, images)
         else:
             text = _render.render_markdown(title, subtitle, resolved, path.parent)
-        written.append(write_text_atomic(path, text))
+        written.append(atomic_write_text(path, text))
     return written
 
 
@@ -197,6 +201,10 @@ def _summary_rows(hist: Mapping[str, list[dict[str, Any]]]) -> list[dict[str, An
             best_step, best = min(val, key=lambda sv: sv[1])
             row["best val loss"] = best
             row["at step"] = int(best_step)
+        accuracy = split_records(records, "accuracy")[1]
+        if accuracy:
+            row["final val accuracy"] = sorted(accuracy)[-1][1]
+            row["best val accuracy"] = max(v for _, v in accuracy)
         row["median tokens/s"] = float(np.median(tps)) if tps else None
         loads = _load_matrix(records)[0]
         if loads is not None and loads[-1].sum() > 0:
@@ -228,15 +236,21 @@ def _plot_sections(hist: dict[str, list[dict[str, Any]]], plots: Path,
 
     sections = []
     curves: list[str | os.PathLike[str]] = []
-    for metric, fname in (("loss", "loss.png"), ("tokens_per_s", "tokens_per_s.png"),
-                          ("lr", "lr.png")):
-        if any(t or v for t, v in (split_records(r, metric) for r in hist.values())):
-            curves.append(plot_training_curves(hist, plots / fname, metric))
+    # (metric, file, which records): accuracy is measured on validation data only, throughput
+    # and the learning rate belong to training steps.
+    for metric, fname, splits in (("loss", "loss.png", "both"),
+                                  ("accuracy", "accuracy.png", "val"),
+                                  ("tokens_per_s", "tokens_per_s.png", "train"),
+                                  ("lr", "lr.png", "train")):
+        pairs = [split_records(r, metric) for r in hist.values()]
+        if any((t and splits != "val") or (v and splits != "train") for t, v in pairs):
+            curves.append(plot_training_curves(hist, plots / fname, metric, splits=splits))
         elif metric == "loss":
             notes.append("no record holds a numeric 'loss': no loss curves")
     if curves:
-        sections.append(Section(title="Training curves", images=curves,
-                                text="Solid lines: training; dashed with markers: validation."))
+        sections.append(Section(title="Training curves", images=curves, text=(
+            "Solid lines: training; dashed with markers: validation. One colour per model, the "
+            "same in every plot (MoE blue, dense orange).")))
     load_images: list[str | os.PathLike[str]] = []
     for model, records in hist.items():
         loads, steps = _load_matrix(records)
@@ -246,8 +260,8 @@ def _plot_sections(hist: dict[str, list[dict[str, Any]]], plots: Path,
                              "no load plot")
             continue
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in model)
-        load_images.append(plot_expert_load(loads, plots / f"expert_load_{safe}.png",
-                                            steps=steps, title=f"{model}: expert load"))
+        load_images.append(plot_expert_load(loads, plots / f"expert_load_{safe}.png", steps=steps,
+                                            title=f"Expert load of the {model} model"))
     if load_images:
         sections.append(Section(
             title="Expert load", images=load_images,
@@ -326,11 +340,11 @@ def build_report_from_run(
         f"{len(hist)} model(s): {', '.join(hist)}. 'last max/mean load' is the busiest "
         "expert's share times the number of experts at the last step (1 = balanced)."))]
     sections += _plot_sections(hist, plots, notes)
+    sections += _routing_sections(runs, plots, notes)
     pngs: list[str | os.PathLike[str]] = [p for run in runs for p in run.pngs]
     if pngs:
         sections.append(Section(title="Figures from the run", images=pngs))
-    configs = [Table(rows=[{"key": k, "value": v} for k, v in run.config.items()],
-                     caption=f"Configuration ({run.name})") for run in runs if run.config]
+    configs = _config_tables(runs)
     if configs:
         sections.append(Section(title="Configuration", tables=configs))
     else:
@@ -341,6 +355,68 @@ def build_report_from_run(
         sections.append(Section(title="Notes", notes=notes))
     return write_report(root, title or f"moekit run: {root.resolve().name}", sections,
                         output=output, fmt=fmt)
+
+
+def _routing_sections(runs: list[_runs.RunData], plots: Path, notes: list[str]) -> list[Section]:
+    """A heatmap of which expert each class goes to, for runs that recorded it (routing.json)."""
+    from moekit.viz.routing import plot_routing_heatmap
+
+    images: list[str | os.PathLike[str]] = []
+    for run in runs:
+        if run.routing is None:
+            continue
+        try:
+            counts = np.asarray(run.routing["counts"], dtype=np.float64)
+        except (TypeError, ValueError):
+            notes.append(f"{run.name}: routing counts are not a table of numbers; no routing plot")
+            continue
+        if counts.ndim != 2 or counts.size == 0:
+            notes.append(f"{run.name}: routing counts are not a (classes, experts) table")
+            continue
+        names = (run.config or {}).get("data_info.class_names")
+        if not (isinstance(names, list) and len(names) == counts.shape[0]):
+            names = [f"class {i}" for i in range(counts.shape[0])]
+        seen = counts.sum(axis=1) > 0
+        model = str(run.routing.get("model", run.name))
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in model)
+        images.append(plot_routing_heatmap(
+            counts[seen], [str(n) for n, s in zip(names, seen) if s], plots / f"routing_{safe}.png",
+            title=f"Which expert each class goes to ({model}, first MoE layer, validation data)"))
+    if not images:
+        return []
+    return [Section(title="Routing", images=images, text=(
+        "Share of each class's token-slots (patches or frames of its examples) that the first "
+        "MoE layer sent to each expert, at the final evaluation."))]
+
+
+def _config_tables(runs: list[_runs.RunData]) -> list[Table]:
+    """The configuration, once: with sub-runs (``moe/``, ``dense/``) the settings they share,
+    then one column per model for those that differ; the top folder's own summary of the same
+    settings is then left out."""
+    subs = [run for run in runs[1:] if run.config]
+    if not subs:
+        return [Table(rows=[{"key": k, "value": v} for k, v in run.config.items()],
+                      caption=f"Configuration ({run.name})") for run in runs[:1] if run.config]
+    if len(subs) == 1:
+        return [Table(rows=[{"key": k, "value": v} for k, v in (subs[0].config or {}).items()],
+                      caption=f"Configuration ({subs[0].name})")]
+    keys = list(dict.fromkeys(k for run in subs for k in (run.config or {})))
+    missing = object()
+    shared, differ = [], []
+    for key in keys:
+        values = [(run.config or {}).get(key, missing) for run in subs]
+        if all(v == values[0] for v in values) and values[0] is not missing:
+            shared.append({"key": key, "value": values[0]})
+        else:
+            differ.append({"key": key, **{run.name: (None if v is missing else v)
+                                          for run, v in zip(subs, values)}})
+    names = ", ".join(run.name for run in subs)
+    tables = []
+    if differ:
+        tables.append(Table(rows=differ, caption=f"Settings that differ between {names}"))
+    if shared:
+        tables.append(Table(rows=shared, caption=f"Settings shared by {names}"))
+    return tables
 
 
 def _has_val(records: list[dict[str, Any]]) -> bool:

@@ -1,4 +1,5 @@
-"""Routing plots: which expert each kind of input goes to, and a gate's regions in 2-D."""
+"""Routing: which expert each kind of input goes to (counted, and plotted), and a gate's regions
+in 2-D."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import numpy as np
 
 from moekit.viz._io import new_figure, save_figure, to_numpy
 
-__all__ = ["plot_gate_regions", "plot_routing_heatmap"]
+__all__ = ["CHARACTER_KINDS", "character_kinds", "count_routing_by_kind", "plot_gate_regions",
+           "plot_routing_heatmap"]
 
 _MAX_ANNOTATED_CELLS = 400
 
@@ -204,3 +206,76 @@ def plot_gate_regions(
     ax.set_ylabel("x2")
     ax.set_title(title or "gate regions (argmax of gate probabilities)")
     return save_figure(fig, path)
+
+
+#: The kinds of :func:`character_kinds`, in the order of its indices.
+CHARACTER_KINDS: tuple[str, ...] = ("vowel", "consonant", "capital", "space", "punctuation",
+                                    "other")
+
+
+def character_kinds(text: str) -> np.ndarray:
+    """The kind of each character of ``text`` as an index into :data:`CHARACTER_KINDS`.
+
+    Lower-case vowels (a e i o u), other lower-case letters, capitals, white space, the
+    punctuation ``.,;:!?'-()``, and everything else.
+
+    Examples
+    --------
+    >>> [CHARACTER_KINDS[k] for k in character_kinds("Ab ,7")]
+    ['capital', 'consonant', 'space', 'punctuation', 'other']
+    """
+
+    def kind(ch: str) -> int:
+        if ch in "aeiou":
+            return 0
+        if ch.islower():
+            return 1
+        if ch.isupper():
+            return 2
+        if ch.isspace():
+            return 3
+        return 4 if ch in ".,;:!?'-()" else 5
+
+    return np.array([kind(ch) for ch in text], dtype=np.int64)
+
+
+def count_routing_by_kind(indices: Any, kinds: Any, *, n_kinds: int, n_experts: int) -> np.ndarray:
+    """How many token-slots of each kind of input went to each expert: the input of
+    :func:`plot_routing_heatmap`.
+
+    Parameters
+    ----------
+    indices : array-like or tensor of shape (T, K)
+        Expert of each token-slot, ``-1`` where the slot was dropped (as in
+        ``MoELayer.stats.indices`` after a forward); dropped slots are not counted.
+    kinds : array-like of shape (T,)
+        Kind of each token, an integer in ``[0, n_kinds)`` (a class label, a part of speech,
+        :func:`character_kinds`...).
+    n_kinds, n_experts : int
+
+    Returns
+    -------
+    ndarray of shape (n_kinds, n_experts)
+        ``counts[k, e]``.
+
+    Examples
+    --------
+    >>> count_routing_by_kind([[0, 1], [1, -1], [1, 0]], [0, 1, 1], n_kinds=2, n_experts=2)
+    array([[1., 1.],
+           [1., 2.]])
+    """
+    idx = to_numpy(indices, "indices", ndim=2)
+    kind = to_numpy(kinds, "kinds", ndim=1)
+    if idx.shape[0] != kind.shape[0]:
+        raise ValueError(f"indices has {idx.shape[0]} tokens but kinds has {kind.shape[0]}; give "
+                         "one kind per token")
+    if kind.size and (kind.min() < 0 or kind.max() >= n_kinds or (kind != np.round(kind)).any()):
+        raise ValueError(f"kinds must be integers in [0, n_kinds={n_kinds})")
+    if idx.size and (idx.max() >= n_experts or idx.min() < -1):
+        raise ValueError(f"indices must be expert numbers in [0, n_experts={n_experts}) or -1 "
+                         "(dropped)")
+    counts = np.zeros((n_kinds, n_experts))
+    rows = np.broadcast_to(kind.astype(np.int64)[:, None], idx.shape)
+    kept = idx >= 0
+    np.add.at(counts, (rows[kept], idx[kept].astype(np.int64)), 1)
+    return counts

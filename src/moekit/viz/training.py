@@ -11,7 +11,37 @@ import numpy as np
 
 from moekit.viz._io import new_figure, save_figure, to_numpy
 
-__all__ = ["plot_expert_load", "plot_training_curves", "split_records"]
+__all__ = ["METRIC_LABELS", "METRIC_TITLES", "model_color", "plot_expert_load", "plot_training_curves",
+           "split_records"]
+
+#: Axis labels of the metrics a training run records (``metrics.jsonl``); others show their key.
+METRIC_LABELS: dict[str, str] = {
+    "loss": "loss (cross-entropy, nats)",
+    "accuracy": "accuracy (top-1)",
+    "tokens_per_s": "throughput (tokens or examples per second)",
+    "lr": "learning rate",
+    "aux_loss": "auxiliary loss (weighted)",
+    "balance": "expert load max/mean (1 = balanced)",
+}
+#: Plot titles of those metrics.
+METRIC_TITLES: dict[str, str] = {
+    "loss": "Loss over training",
+    "accuracy": "Validation accuracy over training",
+    "tokens_per_s": "Training throughput",
+    "lr": "Learning-rate schedule",
+    "aux_loss": "Auxiliary loss over training",
+    "balance": "Expert load balance over training",
+}
+# One colour per model wherever it is drawn (the demo, reports): the MoE model blue, its dense
+# twin orange, other names the next colours of the cycle in order of appearance.
+_FIXED_COLORS = {"moe": "C0", "dense": "C1"}
+
+
+def model_color(name: str, index: int = 0) -> str:
+    """The colour of model ``name`` (the ``index``-th model of a plot) in every moekit plot."""
+    if name in _FIXED_COLORS:
+        return _FIXED_COLORS[name]
+    return f"C{(index + 2) % 10}"
 
 
 def split_records(
@@ -54,6 +84,7 @@ def plot_training_curves(
     *,
     title: str | None = None,
     log_y: bool = False,
+    splits: str = "both",
 ) -> Path:
     """Plot one metric over training steps for several models (e.g. MoE beside its dense twin).
 
@@ -63,13 +94,17 @@ def plot_training_curves(
         Model name -> metric records as written to ``metrics.jsonl``: dicts with ``step``,
         the metric (e.g. ``loss``), and optionally ``split`` (``"train"`` or ``"val"``) or a
         ``val_<metric>`` key. Training values are drawn as solid lines, validation values
-        dashed with markers, one colour per model.
+        dashed with markers, one colour per model (:func:`model_color`: ``moe`` blue, ``dense``
+        orange).
     path : path-like
         PNG file to write (atomically).
     metric : str, default="loss"
         Key to plot, e.g. ``"loss"``, ``"tokens_per_s"``, ``"lr"``.
     title : str or None
+        Default: a readable title for the known metrics (:data:`METRIC_TITLES`).
     log_y : bool, default=False
+    splits : {"both", "train", "val"}, default="both"
+        Which records to draw; the learning rate, say, has no validation meaning.
 
     Returns
     -------
@@ -95,13 +130,16 @@ def plot_training_curves(
             "histories must be a non-empty dict of model name -> list of metric records, "
             f"got {type(histories).__name__}"
         )
+    if splits not in ("both", "train", "val"):
+        raise ValueError(f"splits={splits!r} must be 'both', 'train' or 'val'")
     fig = new_figure()
     ax = fig.add_subplot()
-    colors = [f"C{i}" for i in range(10)]
     drawn = 0
     for i, (name, records) in enumerate(histories.items()):
         train, val = split_records(records, metric)
-        color = colors[i % len(colors)]
+        train = [] if splits == "val" else train
+        val = [] if splits == "train" else val
+        color = model_color(name, i)
         if train:
             xs, ys = zip(*sorted(train))
             ax.plot(xs, ys, color=color, lw=1.5, label=f"{name} train")
@@ -115,11 +153,11 @@ def plot_training_curves(
             f"no record holds metric={metric!r} in histories {sorted(histories)!r}; "
             "pick a key that the records contain (e.g. 'loss')"
         )
-    ax.set_xlabel("step")
-    ax.set_ylabel(metric)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     if log_y:
         ax.set_yscale("log")
-    ax.set_title(title or f"{metric} over training")
+    ax.set_title(title or METRIC_TITLES.get(metric, f"{metric} over training"))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return save_figure(fig, path)
@@ -194,8 +232,8 @@ def plot_expert_load(
             ax.plot(x, share[:, e], color=colors[e], lw=1.2, label=labels[e])
         ax.axhline(balanced, color="k", lw=1.2, ls="--", label=f"balanced 1/E = {balanced:.3g}")
         ax.set_ylabel("share of tokens")
-    ax.set_xlabel("step")
-    ax.set_title(title or f"expert load over training (E = {n_experts})")
+    ax.set_xlabel("optimizer step")
+    ax.set_title(title or f"Expert load over training (E = {n_experts})")
     if n_experts <= 16:
         ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save_figure(fig, path)
