@@ -106,7 +106,7 @@ class LanguageSettings:
     routing_verses: int
     sample_prompt_bytes: int = 48
     sample_bytes: int = 160
-    temperature: float = 0.8
+    temperature: float = 0.7
     threads: int = 2
     device: str = "cpu"
 
