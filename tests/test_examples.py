@@ -26,6 +26,9 @@ CASES = {
     "showcases/vision.py": (["--per-source", "300", "--steps", "50"],
                             ["test accuracy", "dense twin of the ViT",
                              "where the MLP-MoE's first router sends each source"]),
+    "showcases/language.py": (["--steps", "3", "--seeds", "1", "--verses", "20"],
+                              ["validation nats per byte", "routing by language, layer 4",
+                               "I(language; expert)"]),
 }
 
 
