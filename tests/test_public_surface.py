@@ -26,7 +26,7 @@ CLI_FLAGS_SNAPSHOT: dict[str, list[str]] = {
     "info": ["--help", "--json", "-h"],
     "predict": ["--alpha", "--decimal", "--delimiter", "--dropna", "--encoding", "--help", "--keep", "--output", "-h", "-o", "csv", "model"],
     "report": ["--format", "--help", "--output", "-h", "-o", "run_dir"],
-    "showcase": ["--device", "--help", "--output", "--quick", "--seeds", "-h", "-o", "name"],
+    "showcase": ["--device", "--eval-text", "--help", "--output", "--quick", "--seeds", "-h", "-o", "name"],
     "train": ["--device", "--help", "--nproc", "--output", "--resume", "--steps", "-h", "config"],
 }
 

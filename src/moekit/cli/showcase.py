@@ -4,6 +4,7 @@
     moekit showcase health                    # a few minutes on 2 CPU cores
     moekit showcase finance --quick           # a smoke run in well under a minute
     moekit showcase health --seeds 10 --output /tmp/health
+    moekit showcase language --eval-text pt=mine.txt  # where does my text go in the experts?
 
 Each run writes into its folder (default ./moekit-showcases/NAME) a results.json (the data set,
 the metric and its direction, each model's mean, spread and per-seed values, parameters,
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from moekit.cli.errors import CLIError
 
@@ -47,6 +49,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where neural showcases train (default: cpu); the statistical ones "
                              "(health, finance) always run on the CPU")
+    parser.add_argument("--eval-text", nargs="+", action="extend", default=None,
+                        metavar="LANG=FILE",
+                        help="language only: route your own UTF-8 text FILE through the trained "
+                             "MoE and add it, labelled LANG, to the routing table and heatmap")
+
+
+def _eval_texts(specs: list[str]) -> dict[str, str]:
+    """``LANG=FILE`` pairs -> label -> text, each file read as UTF-8."""
+    texts: dict[str, str] = {}
+    for spec in specs:
+        label, sep, file = spec.partition("=")
+        if not sep or not label.strip() or not file:
+            raise CLIError(f"--eval-text {spec!r}: expected LANG=FILE, e.g. --eval-text "
+                           "pt=my_text.txt")
+        if label in texts:
+            raise CLIError(f"--eval-text: label {label!r} is given twice; give each text its "
+                           "own label")
+        path = Path(file)
+        try:
+            texts[label] = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise CLIError(f"--eval-text {spec}: file {file} does not exist") from None
+        except UnicodeDecodeError as err:
+            raise CLIError(f"--eval-text {spec}: {file} is not UTF-8 text ({err.reason} at "
+                           f"byte {err.start}); convert it, e.g. iconv -t UTF-8") from None
+        except OSError as err:
+            raise CLIError(f"--eval-text {spec}: cannot read {file}: {err.strerror}") from None
+        if len(texts[label].strip()) < 2:
+            raise CLIError(f"--eval-text {spec}: {file} holds no text; give a file with a few "
+                           "sentences")
+    return texts
 
 
 def _list() -> int:
@@ -68,7 +101,7 @@ def _list() -> int:
 def run(args: argparse.Namespace) -> int:
     if args.name == "list":
         for flag, value in (("--quick", args.quick), ("--seeds", args.seeds),
-                            ("--output", args.output)):
+                            ("--output", args.output), ("--eval-text", args.eval_text)):
             if value:
                 raise CLIError(f"{flag} does not apply to 'moekit showcase list'")
         return _list()
@@ -83,6 +116,14 @@ def run(args: argparse.Namespace) -> int:
 
     if not is_implemented(get_showcase(args.name)):
         raise CLIError(str(not_implemented(args.name)))
+    showcase: Any = args.name
+    if args.eval_text:
+        if args.name != "language":
+            raise CLIError(f"--eval-text applies to 'moekit showcase language' only, not to "
+                           f"{args.name!r}")
+        from moekit.showcases.language import LanguageShowcase
+
+        showcase = LanguageShowcase(eval_texts=_eval_texts(args.eval_text))
     if args.device == "cuda" and args.name not in ("health", "finance"):
         import torch
 
@@ -91,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output or Path("moekit-showcases") / args.name)
     print(f"moekit showcase {args.name}: writing to {out.resolve()}", flush=True)
     try:
-        done = run_showcase(args.name, quick=args.quick, seeds=args.seeds, device=args.device,
+        done = run_showcase(showcase, quick=args.quick, seeds=args.seeds, device=args.device,
                             output=out)
     except ShowcaseNotImplementedError as err:
         raise CLIError(str(err)) from None

@@ -147,7 +147,7 @@ class ShowcaseRun:
     elapsed_s: float
 
 
-def run_showcase(name: str, *, quick: bool = False, seeds: int | None = None,
+def run_showcase(name: str | Showcase, *, quick: bool = False, seeds: int | None = None,
                  device: str = "cpu", output: str | os.PathLike[str]) -> ShowcaseRun:
     """Run the showcase ``name`` and write ``output/report.html`` (and .md) and ``results.json``.
 
@@ -156,8 +156,9 @@ def run_showcase(name: str, *, quick: bool = False, seeds: int | None = None,
 
     Parameters
     ----------
-    name : str
-        A key of :data:`SHOWCASES`.
+    name : str or Showcase
+        A key of :data:`SHOWCASES`, or a showcase object with options of its own (e.g.
+        ``LanguageShowcase(eval_texts={...})``).
     quick : bool, default=False
         Tiny sizes for a smoke run (under a minute on 2 CPU cores).
     seeds : int or None
@@ -177,7 +178,13 @@ def run_showcase(name: str, *, quick: bool = False, seeds: int | None = None,
         raise ValueError(f"device={device!r} must be one of {DEVICES}")
     if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1):
         raise ValueError(f"seeds={seeds!r} must be a positive int (or None for the default)")
-    showcase = get_showcase(name)
+    if isinstance(name, str):
+        showcase = get_showcase(name)
+    elif isinstance(name, Showcase):
+        showcase, name = name, name.name
+    else:
+        raise TypeError(f"name must be a showcase name or a Showcase object, got "
+                        f"{type(name).__name__}")
     if not is_implemented(showcase):
         raise not_implemented(name)  # before anything is written
     out = Path(output).absolute()
