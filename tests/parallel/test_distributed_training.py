@@ -122,3 +122,37 @@ def test_moekit_train_nproc_errors_before_spawning(tmp_path):
     assert bad.returncode != 0
     assert "batch_size = 4 is not divisible by the 3 processes" in bad.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_fsdp2_for_the_replicated_parameters_trains_like_one_process(tmp_path):
+    from moekit.train.distributed import fsdp2_unavailable
+
+    if (reason := fsdp2_unavailable()) is not None:
+        pytest.skip(reason)
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    one, fsdp = tmp_path / "one", tmp_path / "fsdp"
+    base = ("train", str(config), "--device", "cpu", "--output")
+    for args in [(str(one),), (str(fsdp), "--nproc", "2", "--data-parallel", "fsdp")]:
+        done = _moekit(*base, *args)
+        assert done.returncode == 0, done.stdout + done.stderr
+    _assert_same(_params(fsdp, 3), _params(one, 3))
+    # resume under FSDP2: the gathered checkpoint (Adam moments too) is re-sharded on load
+    for args in [(str(one),), (str(fsdp), "--nproc", "2", "--data-parallel", "fsdp")]:
+        done = _moekit(*base, *args, "--resume", "--steps", "5")
+        assert done.returncode == 0, done.stdout + done.stderr
+    _assert_same(_params(fsdp, 5), _params(one, 5))
+    optimizer = read_checkpoint(fsdp / "checkpoints" / "step_000005").optimizer
+    reference = read_checkpoint(one / "checkpoints" / "step_000005").optimizer
+    for index, entry in reference["state"].items():
+        for key, value in entry.items():
+            torch.testing.assert_close(optimizer["state"][index][key], value, **TOL)
+
+
+def test_data_parallel_fsdp_needs_several_processes(tmp_path):
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    bad = _moekit("train", str(config), "--data-parallel", "fsdp", "--output",
+                  str(tmp_path / "x"), timeout=60)
+    assert bad.returncode != 0 and "--data-parallel fsdp needs several processes" in bad.stderr
+    assert not (tmp_path / "x").exists()

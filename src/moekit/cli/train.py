@@ -5,6 +5,7 @@
     moekit train examples/configs/lm_kjv.toml --output runs/quick --resume   # after Ctrl-C
     moekit train examples/configs/lm_kjv.toml --nproc 2                      # 2 processes
     torchrun --nproc-per-node 2 -m moekit train examples/configs/lm_kjv.toml # the same
+    moekit train examples/configs/lm_kjv.toml --nproc 2 --data-parallel fsdp # FSDP2, not DDP
 
 The file has sections [model] (kind = "lm" | "image" | "audio" and the model's options),
 [data] (dataset = "kjv" | "text" | "digits" | "audio" and its options) and [train] (steps,
@@ -12,7 +13,8 @@ batch_size, lr, ...). The run folder receives metrics.jsonl, config.json, result
 checkpoints/; `moekit report RUN_DIR` turns it into a report.
 
 With several processes (``--nproc N``, or under torchrun) every MoE layer's experts are split
-over the N ranks (expert parallelism) and the rest is data-parallel (DDP); each step still
+over the N ranks (expert parallelism) and the rest is data-parallel (DDP, or FSDP2 with
+``--data-parallel fsdp``: sharded over the ranks where this torch runs it); each step still
 trains on the same global batch ([train] batch_size, a multiple of N), and checkpoints keep the
 single-process layout, so a run can be resumed or evaluated with any number of processes that
 divides num_experts (see moekit.train.distributed).
@@ -47,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train on N local processes (gloo on CPU; NCCL with one GPU each): "
                              "experts split over them, the rest data-parallel; default 1. Under "
                              "torchrun leave it out")
+    parser.add_argument("--data-parallel", choices=("ddp", "fsdp"), default="ddp",
+                        help="with several processes, how the parameters outside the experts "
+                             "are kept: ddp (replicated, gradients all-reduced; default) or fsdp "
+                             "(FSDP2: sharded over the processes, 1/N of their memory each)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,16 +81,21 @@ def run(args: argparse.Namespace) -> int:
         hint = shlex.join(["moekit", "train", str(args.config), "--output",
                            spec.train.output_dir, "--resume"]
                           + (["--steps", str(args.steps)] if args.steps is not None else [])
-                          + (["--nproc", str(nproc)] if nproc > 1 else []))
+                          + (["--nproc", str(nproc)] if nproc > 1 else [])
+                          + (["--data-parallel", args.data_parallel]
+                             if args.data_parallel != "ddp" else []))
+        if args.data_parallel != "ddp" and nproc == 1 and not _torchrun_world():
+            raise CLIError(f"--data-parallel {args.data_parallel} needs several processes; add "
+                           "--nproc N (N >= 2) or run under torchrun")
         if _torchrun_world():
             from moekit.train.distributed import init_from_env
 
             init_from_env()
-            return _rank_main(spec, args.resume, hint)
+            return _rank_main(spec, args.resume, hint, args.data_parallel)
         print(f"moekit train: {spec.kind} model on {spec.dataset}, {spec.train.steps} steps -> "
               f"{spec.train.output_dir}" + (f" on {nproc} processes" if nproc > 1 else ""))
         if nproc > 1:
-            _spawn(nproc, spec, args.resume, hint)
+            _spawn(nproc, spec, args.resume, hint, args.data_parallel)
             print(f"run folder: {spec.train.output_dir}  (report: moekit report "
                   f"{spec.train.output_dir})")
             return 0
@@ -126,13 +137,13 @@ def _check_nproc(nproc: int, batch_size: int) -> int:
     return nproc
 
 
-def _spawn(nproc: int, spec: Any, resume: bool, hint: str) -> None:
+def _spawn(nproc: int, spec: Any, resume: bool, hint: str, data_parallel: str) -> None:
     import torch.multiprocessing as mp
 
     from moekit.train.distributed import spawn
 
     try:
-        spawn(nproc, _rank_main, spec, resume, hint)
+        spawn(nproc, _rank_main, spec, resume, hint, data_parallel)
     except mp.ProcessRaisedException as err:
         lines = [line for line in str(err).strip().splitlines() if line.strip()]
         raise CLIError(f"rank {err.error_index} of {nproc} failed: {lines[-1].strip()}") from None
@@ -141,7 +152,7 @@ def _spawn(nproc: int, spec: Any, resume: bool, hint: str) -> None:
                        "(killed, or out of memory?)") from None
 
 
-def _rank_main(spec: Any, resume: bool, hint: str) -> int:
+def _rank_main(spec: Any, resume: bool, hint: str, data_parallel: str = "ddp") -> int:
     """One rank of a multi-process run: the experiment with this rank's share of every batch."""
     import dataclasses
     import sys
@@ -158,7 +169,10 @@ def _rank_main(spec: Any, resume: bool, hint: str) -> int:
         spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, device="cpu"))
     import contextlib
 
-    distributed = DistributedTraining()
+    try:
+        distributed = DistributedTraining(data_parallel)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
     with open(os.devnull, "w") as quiet, contextlib.ExitStack() as stack:
         if not distributed.is_main:  # one voice; a failing rank's traceback reaches the launcher
             stack.enter_context(contextlib.redirect_stdout(quiet))

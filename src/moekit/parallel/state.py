@@ -9,10 +9,14 @@ single-process model; :func:`load_full_state_dict` loads one into any EP layout 
 its slice). Together they make checkpoints independent of the number of ranks: save at 2, load
 at 4 or in one process, and back. The optimizer state of the expert parameters (Adam's moments)
 is gathered and sliced the same way (:func:`full_optimizer_state_dict`).
+
+Replicated parameters sharded by FSDP2 (``fully_shard``, DTensors) are gathered to full tensors
+and loaded back as this rank's shard, so the layout of a checkpoint never depends on DDP or FSDP.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +36,28 @@ def _expert_tensors(model: nn.Module) -> dict[str, tuple[dist.ProcessGroup, int,
         for key, _ in layer.experts.named_parameters():
             out[f"{base}.{key}"] = (dispatcher.group, dispatcher.rank, dispatcher.num_ranks)
     return out
+
+
+def _is_dtensor(t: object) -> bool:
+    return hasattr(t, "full_tensor") and hasattr(t, "device_mesh")
+
+
+def _full(t: Any) -> Any:
+    """A DTensor (an FSDP2 shard) gathered to the full tensor (a collective), else ``t``."""
+    return t.full_tensor() if _is_dtensor(t) else t
+
+
+def _like(value: torch.Tensor, own: Any) -> Any:
+    """``value`` (a full tensor) as ``own`` holds it: this rank's DTensor shard where ``own``
+    is a DTensor, else ``value`` itself."""
+    if not _is_dtensor(own) or _is_dtensor(value):
+        return value
+    from torch.distributed.tensor import distribute_tensor
+
+    local_only = ({"src_data_rank": None} if "src_data_rank" in
+                  inspect.signature(distribute_tensor).parameters else {})
+    return distribute_tensor(value.to(own.device, own.dtype), own.device_mesh, own.placements,
+                             **local_only)
 
 
 def _gather(t: torch.Tensor, group: dist.ProcessGroup, size: int, what: str) -> torch.Tensor:
@@ -59,10 +85,16 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """
     sharded = _expert_tensors(model)
     out: dict[str, torch.Tensor] = {}
+    gathered: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
     for key, value in model.state_dict().items():
         if key in sharded:
             group, _, size = sharded[key]
             out[key] = _gather(value, group, size, f"full_state_dict ({key!r})")
+        elif _is_dtensor(value):  # FSDP2: gather once per storage, so tied weights stay tied
+            tie = (_ptr(value), tuple(value.shape))
+            if tie not in gathered:
+                gathered[tie] = _full(value)
+            out[key] = gathered[tie]
         else:
             out[key] = value
     return out
@@ -93,7 +125,7 @@ def load_full_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor
                                  "load a state dict of the same model")
             local[key] = value[rank * L:(rank + 1) * L]
         else:
-            local[key] = value
+            local[key] = _like(value, own[key]) if key in own else value
     _fill_tied(model, own, local)
     missing = sorted(set(own) - set(local))
     unexpected = sorted(set(local) - set(own))
@@ -108,12 +140,16 @@ def _fill_tied(model: nn.Module, own: Mapping[str, torch.Tensor],
     """Fill keys absent from ``local`` whose tensor the model shares with a present key."""
     by_storage: dict[tuple[int, tuple[int, ...]], list[str]] = {}
     for key, t in own.items():
-        by_storage.setdefault((t.data_ptr(), tuple(t.shape)), []).append(key)
+        by_storage.setdefault((_ptr(t), tuple(t.shape)), []).append(key)
     for keys in by_storage.values():
         present = [k for k in keys if k in local]
-        if len(keys) > 1 and present and own[keys[0]].data_ptr() != 0:
+        if len(keys) > 1 and present and _ptr(own[keys[0]]) != 0:
             for k in keys:
                 local.setdefault(k, local[present[0]])
+
+
+def _ptr(t: Any) -> int:
+    return int((t.to_local() if _is_dtensor(t) else t).data_ptr())
 
 
 def _optimizer_params(optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
@@ -144,6 +180,8 @@ def full_optimizer_state_dict(model: nn.Module,
                 value = entry[key]
                 if isinstance(value, torch.Tensor) and value.shape == param.shape:
                     entry[key] = _gather(value, group, size, f"optimizer state ({key!r})")
+        else:
+            entry = {key: _full(entry[key]) for key in sorted(entry)}  # FSDP2's moments
         state[index] = entry
     return {"state": state, "param_groups": sd["param_groups"]}
 
@@ -168,6 +206,9 @@ def load_full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Opti
             for key, value in entry.items():
                 if isinstance(value, torch.Tensor) and value.shape == (L * size, *param.shape[1:]):
                     entry[key] = value[rank * L:(rank + 1) * L].clone()
+        elif _is_dtensor(param):  # FSDP2: the moments are shards like the parameter
+            entry = {key: _like(value, param) if isinstance(value, torch.Tensor)
+                     and value.shape == param.shape else value for key, value in entry.items()}
         state[index] = entry
     optimizer.load_state_dict({"state": state, "param_groups": state_dict["param_groups"]})
 

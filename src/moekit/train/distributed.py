@@ -18,9 +18,15 @@ same under torchrun. Each process is one rank and runs the ordinary loop
   atomically; they load into one process, or into any number of ranks that divides E.
 - **Logging**: losses averaged over the ranks; only rank 0 writes files and progress.
 
-FSDP2 (``fully_shard``) would replace DDP for the replicated parameters; it is not wired in here
-(``tests/parallel`` checks that it composes with expert parallelism where this torch runs it on
-CPU). Every collective is bounded by the process group's timeout (:data:`DEFAULT_TIMEOUT_S`, 300
+- **FSDP2 instead of DDP** (``data_parallel="fsdp"``, ``moekit train --data-parallel fsdp``):
+  the replicated parameters are sharded over the ranks by ``fully_shard`` (one group for the
+  whole model, the expert shards left out through ``ignored_params``), so each rank holds 1/W of
+  them and of their Adam moments; gradients equal DDP's. Probed, never version-gated:
+  :func:`fsdp2_unavailable` gives the reason a torch cannot (no ``fully_shard``, no
+  ``ignored_params``, not on this device), and asking for it there is a ValueError that says so.
+  Checkpoints stay in the single-process layout (the DTensor shards are gathered and re-sliced).
+
+Every collective is bounded by the process group's timeout (:data:`DEFAULT_TIMEOUT_S`, 300
 s, for ``--nproc`` and under torchrun): a rank that dies makes the others stop with a
 :class:`moekit.parallel.CollectiveError` (at once on gloo, whose sockets close with the process).
 """
@@ -62,6 +68,33 @@ from moekit.train.checkpoint import (
 )
 
 DEFAULT_TIMEOUT_S = 300.0
+DATA_PARALLEL = ("ddp", "fsdp")
+
+
+def _fully_shard() -> Any:
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:
+        try:
+            from torch.distributed._composable.fsdp import fully_shard  # older torch
+        except ImportError:
+            return None
+    return fully_shard
+
+
+def fsdp2_unavailable() -> str | None:
+    """Why this torch cannot run FSDP2 beside expert parallelism, or None when it can.
+
+    Needs ``fully_shard`` with ``ignored_params`` (the expert shards stay out of FSDP). Whether it
+    runs on this device is only known when :meth:`DistributedTraining.prepare` tries it.
+    """
+    fully_shard = _fully_shard()
+    if fully_shard is None:
+        return "this torch has no FSDP2 (torch.distributed.fsdp.fully_shard)"
+    if "ignored_params" not in inspect.signature(fully_shard).parameters:
+        return ("this torch's fully_shard has no ignored_params, so it cannot leave the expert "
+                "shards out")
+    return None
 
 
 class ShardedBatches:
@@ -86,7 +119,12 @@ class DistributedTraining:
     the model has MoE layers) and DDP.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, data_parallel: str = "ddp") -> None:
+        if data_parallel not in DATA_PARALLEL:
+            raise ValueError(f"data_parallel={data_parallel!r} must be one of {DATA_PARALLEL}")
+        if data_parallel == "fsdp" and (reason := fsdp2_unavailable()) is not None:
+            raise ValueError(f"data_parallel='fsdp': {reason}; use data_parallel='ddp'")
+        self.data_parallel = data_parallel
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("DistributedTraining needs an initialised process group; launch "
                                "with `moekit train CONFIG --nproc N` or under torchrun")
@@ -105,12 +143,19 @@ class DistributedTraining:
         return ShardedBatches(data, self.rank, self.world_size)
 
     def prepare(self, model: nn.Module, seed: int) -> nn.Module:
-        """Shard the experts, wrap the rest in DDP; returns the module to call forward on."""
+        """Shard the experts, wrap the rest in DDP (or shard it with FSDP2); returns the module
+        to call forward on."""
+        self.plan = None
         if any(isinstance(m, MoELayer) for m in model.modules()):
             self.plan = apply_expert_parallel(model)
+        self.model = model
+        if self.data_parallel == "fsdp":
+            self._fully_shard(model)
+            reseed(seed, self.rank)
+            return model
+        if self.plan is not None:
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
                 model, list(self.plan.expert_parameters))
-        self.model = model
         device_ids = [torch.cuda.current_device()] if next(model.parameters()).is_cuda else None
         # Buffers are never broadcast in forward: a sigmoid_bias router's pending counts are
         # rank-local until the step reduces them (newer torch names the option differently).
@@ -122,6 +167,20 @@ class DistributedTraining:
         # Every rank draws its own random numbers (router noise, dropout) from here on.
         reseed(seed, self.rank)
         return wrapped
+
+    def _fully_shard(self, model: nn.Module) -> None:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        experts = self._expert_ids()
+        ignored = {p for p in model.parameters() if id(p) in experts}
+        device = self._device()
+        mesh = init_device_mesh(device.type, (self.world_size,))
+        try:
+            _fully_shard()(model, mesh=mesh, ignored_params=ignored)
+        except (RuntimeError, NotImplementedError, ValueError, AssertionError) as err:
+            first = (str(err).splitlines() or [type(err).__name__])[0]
+            raise ValueError(f"data_parallel='fsdp': FSDP2 does not run on {device.type} with "
+                             f"this torch ({first}); use data_parallel='ddp'") from err
 
     # --- per step ------------------------------------------------------------------------------
 
@@ -146,18 +205,25 @@ class DistributedTraining:
         device = self._device()
         dense = torch.zeros((), dtype=torch.float64, device=device)
         experts = torch.zeros((), dtype=torch.float64, device=device)
+        sharded = torch.zeros((), dtype=torch.float64, device=device)
         for p in params:
-            sq = p.grad.detach().double().pow(2).sum()  # type: ignore[union-attr]
+            grad = _local(p.grad.detach())  # type: ignore[union-attr]
+            sq = grad.double().pow(2).sum()
             if id(p) in expert_ids:
                 experts += sq
+            elif _is_dtensor(p.grad):  # an FSDP2 shard: the squares add up over the ranks
+                sharded += sq
             else:
                 dense += sq
         if self.plan is not None:
             dist.all_reduce(experts, group=self.plan.ep_group)
-        total = (dense + experts).sqrt()
+        if self.data_parallel == "fsdp":
+            dist.all_reduce(sharded, group=self.dense_group)
+        total = (dense + experts + sharded).sqrt()
         coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
         for p in params:
-            p.grad.detach().mul_(coef.to(p.grad.dtype))  # type: ignore[union-attr]
+            grad = _local(p.grad.detach())  # type: ignore[union-attr]
+            grad.mul_(coef.to(grad.dtype))
         return total
 
     def count_parameters(self, model: nn.Module) -> ParameterCount:
@@ -242,6 +308,15 @@ class DistributedTraining:
         if dist.get_backend() == "nccl":
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cpu")
+
+
+def _is_dtensor(t: object) -> bool:
+    return hasattr(t, "to_local") and hasattr(t, "placements")
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (FSDP2's parameters and gradients), else ``t`` itself."""
+    return t.to_local() if _is_dtensor(t) else t  # type: ignore[attr-defined,no-any-return]
 
 
 def reseed(seed: int, rank: int) -> None:
