@@ -27,7 +27,7 @@ CLI_FLAGS_SNAPSHOT: dict[str, list[str]] = {
     "predict": ["--alpha", "--decimal", "--delimiter", "--dropna", "--encoding", "--help", "--keep", "--output", "-h", "-o", "csv", "model"],
     "report": ["--format", "--help", "--output", "-h", "-o", "run_dir"],
     "showcase": ["--device", "--eval-text", "--help", "--output", "--quick", "--seeds", "-h", "-o", "name"],
-    "train": ["--device", "--help", "--nproc", "--output", "--resume", "--steps", "-h", "config"],
+    "train": ["--data-parallel", "--device", "--help", "--nproc", "--output", "--resume", "--steps", "-h", "config"],
 }
 
 # capacity and capacity_keep stay public: the pure functions of the capacity rule
