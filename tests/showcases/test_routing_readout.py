@@ -47,7 +47,7 @@ def test_group_counts_rejects_bad_input():
         group_counts(np.zeros((2, 1, 1), int), np.zeros(3, int), n_groups=1, n_experts=2)
     with pytest.raises(ValueError, match=r"groups must be integers in \[0, n_groups=2\)"):
         group_counts(np.zeros((2, 1, 1), int), np.array([0, 2]), n_groups=2, n_experts=2)
-    with pytest.raises(ValueError, match=r"expert numbers in \[0, n_experts=2\)"):
+    with pytest.raises(ValueError, match=r"indices must lie in \[-1, 1\] for num_experts=2"):
         group_counts(np.full((1, 1, 1), 2), np.array([0]), n_groups=1, n_experts=2)
 
 

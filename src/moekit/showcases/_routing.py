@@ -160,15 +160,15 @@ def group_counts(indices_nNK: np.ndarray, groups: np.ndarray, *, n_groups: int,
     array([[1., 1.],
            [0., 1.]])
     """
-    from moekit.viz import count_routing_by_kind
+    from moekit.showcases._routing_groups import expert_counts
 
     idx = np.asarray(indices_nNK)
     if idx.ndim != 3:
         raise ValueError(f"indices must have shape (n, N, K), got {idx.shape}")
     g = _check_groups(groups, idx.shape[0], n_groups)
     n, N, K = idx.shape
-    return count_routing_by_kind(idx.reshape(n * N, K), np.repeat(g, N), n_kinds=n_groups,
-                                 n_experts=n_experts)
+    counts_G1E = expert_counts(idx.reshape(n * N, 1, K), np.repeat(g, N), n_groups, n_experts)
+    return counts_G1E[:, 0, :].astype(np.float64)
 
 
 def group_sums(profile_nE: np.ndarray, groups: np.ndarray, *, n_groups: int) -> np.ndarray:
@@ -227,16 +227,14 @@ def expert_group_information(counts_GE: np.ndarray) -> float:
     >>> expert_group_information(np.array([[3, 1], [3, 1]]))
     0.0
     """
+    from moekit.showcases._routing_groups import mutual_information_bits
+
     c = np.asarray(counts_GE, dtype=np.float64)
-    total = c.sum()
-    if c.ndim != 2 or total <= 0 or (c < 0).any():
+    if c.ndim != 2 or (c < 0).any() or c.sum() <= 0:
         raise ValueError("counts must be a (G, E) array of non-negative counts, not all zero")
-    p = c / total
-    pg, pe = p.sum(axis=1), p.sum(axis=0)
-    nz = p > 0
-    mi = float((p[nz] * np.log(p[nz] / np.outer(pg, pe)[nz])).sum())
-    h = float(-(pg[pg > 0] * np.log(pg[pg > 0])).sum())
-    return 0.0 if h <= 0 else max(0.0, min(1.0, mi / h))
+    pg = c.sum(axis=1) / c.sum()
+    h_bits = float(-(pg[pg > 0] * np.log2(pg[pg > 0])).sum())
+    return 0.0 if h_bits <= 0 else max(0.0, min(1.0, mutual_information_bits(c) / h_bits))
 
 
 def group_readability(profile_train: np.ndarray, groups_train: np.ndarray,
@@ -253,7 +251,7 @@ def group_readability(profile_train: np.ndarray, groups_train: np.ndarray,
         ``accuracy`` on the test examples, ``chance`` (the most frequent training group's share
         of the test examples) and ``n_groups``.
     """
-    from sklearn.linear_model import LogisticRegression
+    from moekit.showcases._routing_groups import readout
 
     Xtr, Xte = np.asarray(profile_train, float), np.asarray(profile_test, float)
     ytr, yte = np.asarray(groups_train), np.asarray(groups_test)
@@ -262,12 +260,12 @@ def group_readability(profile_train: np.ndarray, groups_train: np.ndarray,
                          f"{Xte.shape}")
     if len(Xtr) != len(ytr) or len(Xte) != len(yte):
         raise ValueError("give one group per profile row")
-    majority = np.bincount(ytr).argmax()
-    chance = float(np.mean(yte == majority))
     if len(np.unique(ytr)) < 2:
+        chance = float(np.mean(yte == ytr[0])) if len(ytr) else 0.0
         return {"accuracy": chance, "chance": chance, "n_groups": 1.0}
-    clf = LogisticRegression(C=10.0, max_iter=2000, random_state=seed).fit(Xtr, ytr)
-    return {"accuracy": float(clf.score(Xte, yte)), "chance": chance,
+    n_groups = int(max(ytr.max(), yte.max() if len(yte) else 0)) + 1
+    result = readout(Xtr, ytr, Xte, yte, n_groups=n_groups, seed=seed, C=10.0, max_iter=2000)
+    return {"accuracy": result["accuracy"], "chance": result["chance"],
             "n_groups": float(len(np.unique(np.concatenate([ytr, yte]))))}
 
 

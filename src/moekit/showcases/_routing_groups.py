@@ -155,11 +155,12 @@ def pooled_features(features_NF: np.ndarray, segments_N: np.ndarray) -> tuple[np
 
 
 def readout(train_X: np.ndarray, train_y: np.ndarray, test_X: np.ndarray, test_y: np.ndarray,
-            *, n_groups: int, seed: int = 0, max_iter: int = 500) -> dict[str, Any]:
+            *, n_groups: int, seed: int = 0, max_iter: int = 500,
+            C: float = 1.0) -> dict[str, Any]:
     """Fit a multinomial logistic regression on routing features; score it on held-out rows.
 
     Chance is what a reader that ignores the routing scores: always the most frequent training
-    group, evaluated on the test rows.
+    group, evaluated on the test rows. ``C`` is the inverse L2 strength of the regression.
 
     Returns
     -------
@@ -177,7 +178,7 @@ def readout(train_X: np.ndarray, train_y: np.ndarray, test_X: np.ndarray, test_y
     if len(np.unique(ytr)) < 2:
         raise ValueError("the read-out needs training rows of at least two groups, got "
                          f"{np.unique(ytr).tolist()}")
-    clf = LogisticRegression(max_iter=max_iter, random_state=seed)
+    clf = LogisticRegression(C=C, max_iter=max_iter, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf.fit(np.asarray(train_X), ytr)
