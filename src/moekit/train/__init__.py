@@ -18,15 +18,9 @@ from moekit.train.checkpoint import (
     save_checkpoint,
 )
 from moekit.train.config import TrainConfig
-from moekit.train.loop import (
-    StepEnd,
-    TrainResult,
-    evaluate,
-    resolve_device,
-    resolve_precision,
-    seed_everything,
-    train,
-)
+from moekit.train.device import resolve_device, resolve_precision, seed_everything
+from moekit.train.evaluation import evaluate
+from moekit.train.loop import StepEnd, TrainResult, train
 from moekit.train.optim import build_optimizer, build_scheduler, lr_factor
 
 __all__ = [

@@ -27,6 +27,7 @@ from moekit.models import (
 )
 from moekit.train.checkpoint import latest_checkpoint
 from moekit.train.datasets import DatasetError, PreparedData, prepare_data
+from moekit.train.device import resolve_device, seed_everything
 from moekit.train.distributed import DistributedTraining
 from moekit.train.experiment_file import (
     ExperimentError,
@@ -36,7 +37,7 @@ from moekit.train.experiment_file import (
     model_config,
     parse_experiment,
 )
-from moekit.train.loop import TrainResult, resolve_device, seed_everything, train
+from moekit.train.loop import TrainResult, train
 from moekit.train.memory import check_fits, estimate_memory
 
 # The file and data halves stay importable from here, where they lived before the split.

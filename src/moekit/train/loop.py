@@ -13,27 +13,22 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import random
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from moekit import runs
 from moekit._files import atomic_write_json
-from moekit.layers import MoELayer, total_aux_loss, update_router_biases
-from moekit.layers.stats import load_balance
+from moekit.layers import total_aux_loss, update_router_biases
 from moekit.models.params import count_parameters
 from moekit.train.batches import BatchSource
 from moekit.train.checkpoint import (
@@ -44,11 +39,17 @@ from moekit.train.checkpoint import (
     save_checkpoint,
 )
 from moekit.train.config import TrainConfig
+from moekit.train.device import (
+    autocast_context,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+)
 from moekit.train.distributed import DistributedTraining
+from moekit.train.evaluation import EvalResult, evaluate_model, load_balance_of, task_loss
 from moekit.train.metrics import (
     MetricsWriter,
     Progress,
-    class_routing_counts,
     expert_load,
     truncate_metrics,
 )
@@ -105,112 +106,6 @@ class TrainResult:
     final_val_accuracy: float | None = None
     already_done: bool = False
     model: nn.Module | None = field(default=None, repr=False, compare=False)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's global RNGs (call before building the model)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' but torch sees no CUDA GPU; use device='cpu' or 'auto'")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"device={name!r} is not one of 'auto', 'cpu', 'cuda'")
-    return torch.device(name)
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device``; None means plain fp32."""
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return None
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        if device.type != "cuda":
-            raise ValueError("precision='fp16' needs a CUDA device (loss scaling); use "
-                             "precision='bf16' or 'fp32' on CPU")
-        return torch.float16
-    raise ValueError(f"precision={precision!r} is not one of 'auto', 'fp32', 'bf16', 'fp16'")
-
-
-def task_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of ``(..., C)`` logits against ``(...)`` integer targets, in fp32."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
-
-
-@dataclass(frozen=True)
-class _Evaluation:
-    loss: float
-    accuracy: float
-    expert_load: list[float]
-    routing_by_class: list[list[float]] | None = None  # (classes, E), classifiers only
-
-
-@torch.no_grad()
-def _evaluate(model: nn.Module, data: BatchSource, *, batches: int, device: torch.device,
-              autocast_dtype: torch.dtype | None = None) -> _Evaluation:
-    was_training = model.training
-    model.eval()
-    losses, loads = [], []
-    correct, total = 0, 0
-    first_moe = next((m for m in model.modules() if isinstance(m, MoELayer)), None)
-    by_class: torch.Tensor | None = None
-    try:
-        for i in range(batches):
-            x, y = (t.to(device) for t in data.batch(i))
-            with _autocast(device, autocast_dtype):
-                logits = model(x)
-            losses.append(task_loss(logits, y).item())
-            correct += int((logits.argmax(dim=-1) == y).sum())
-            total += y.numel()
-            load = expert_load(model)
-            if load is not None:
-                loads.append(load)
-            if first_moe is not None and first_moe.stats is not None and y.dim() == 1:
-                counts = class_routing_counts(first_moe.stats.indices, y, logits.shape[-1],
-                                              first_moe.num_experts)
-                if counts is not None:
-                    by_class = counts if by_class is None else by_class + counts
-    finally:
-        model.train(was_training)
-    mean_load = torch.stack(loads).mean(0).tolist() if loads else []
-    return _Evaluation(loss=sum(losses) / len(losses), accuracy=correct / max(total, 1),
-                       expert_load=mean_load,
-                       routing_by_class=by_class.tolist() if by_class is not None else None)
-
-
-def evaluate(model: nn.Module, data: BatchSource, *, batches: int, device: torch.device,
-             autocast_dtype: torch.dtype | None = None) -> tuple[float, list[float]]:
-    """Mean task loss over ``data.batch(0 .. batches-1)`` in eval mode, and the mean expert load.
-
-    The model is put in eval mode (no router noise, no balancing-bias update, no dropout) and
-    returned to the mode it was in. (The training loop also records the top-1 accuracy.)
-    """
-    result = _evaluate(model, data, batches=batches, device=device, autocast_dtype=autocast_dtype)
-    return result.loss, result.expert_load
-
-
-def _balance(load: list[float] | torch.Tensor | None) -> float | None:
-    """max/mean of a mean expert load (None for models without MoE layers)."""
-    if load is None or len(load) == 0:
-        return None
-    return load_balance(torch.as_tensor(load, dtype=torch.float32))
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 class _InterruptFlag:
@@ -320,8 +215,8 @@ def train(
     saved_config = {"model_name": model_name, "train": dataclasses.asdict(config),
                     **(run_config or {})}
 
-    def evaluate_run(forward: nn.Module, data: BatchSource) -> _Evaluation:
-        ev = _evaluate(forward, data, batches=config.eval_batches, device=device,
+    def evaluate_run(forward: nn.Module, data: BatchSource) -> EvalResult:
+        ev = evaluate_model(forward, data, batches=config.eval_batches, device=device,
                        autocast_dtype=autocast_dtype)
         if par is None:
             return ev
@@ -330,7 +225,7 @@ def train(
     start_step = 0
     last_checkpoint: Path | None = None
     before = 0.0  # seconds spent by earlier segments of a resumed run
-    last_eval: _Evaluation | None = None
+    last_eval: EvalResult | None = None
     display = Progress(config.steps, log_every=config.log_every, stream=progress,
                        prefix=f"[{model_name}] " if model_name != "model" else "")
     val_loss: float | None = None
@@ -372,14 +267,14 @@ def train(
                        extra={"model_name": model_name, "elapsed_s": run_time()},
                        keep=config.keep_checkpoints)
 
-    def run_eval(step: int) -> _Evaluation | None:
+    def run_eval(step: int) -> EvalResult | None:
         if val_data is None:
             return None
         ev = evaluate_run(net, val_data)
         writer.write({"step": step, "split": "val", "loss": ev.loss, "accuracy": ev.accuracy,
                       "lr": scheduler.get_last_lr()[0], "tokens_per_s": None,
                       "expert_load": ev.expert_load, "model": model_name,
-                      "balance": _balance(ev.expert_load), "time_s": run_time()})
+                      "balance": load_balance_of(ev.expert_load), "time_s": run_time()})
         display.message(f"step {step}: val loss {ev.loss:.4f}, accuracy {ev.accuracy:.1%}")
         return ev
 
@@ -396,7 +291,7 @@ def train(
             while step < config.steps:
                 in_step = True
                 x, y = (t.to(device, non_blocking=True) for t in train_data.batch(step))
-                with _autocast(device, autocast_dtype):
+                with autocast_context(device, autocast_dtype):
                     logits = net(x)
                 loss = task_loss(logits, y)
                 aux = total_aux_loss(model)
@@ -434,9 +329,9 @@ def train(
                     writer.write({"step": step, "split": "train", "loss": mean_loss, "lr": lr,
                                   "tokens_per_s": rate, "expert_load": mean_load,
                                   "model": model_name, "aux_loss": window_aux / window_steps,
-                                  "balance": _balance(mean_load), "time_s": run_time()})
+                                  "balance": load_balance_of(mean_load), "time_s": run_time()})
                     display.step(step, loss=mean_loss, lr=lr, tokens_per_s=rate,
-                                 balance=_balance(mean_load),
+                                 balance=load_balance_of(mean_load),
                                  unit="tok/s" if y.dim() > 1 else "examples/s")
                     window_loss, window_aux, window_items, window_steps = 0.0, 0.0, 0, 0
                     window_load, window_start = None, time.perf_counter()
