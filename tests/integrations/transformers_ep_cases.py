@@ -75,3 +75,48 @@ def _one_family(rank: int, world: int, family: str) -> str:
         return "ok"
     except Exception:
         return traceback.format_exc()
+
+
+def transformers_own_ep_matches_moekit_ep(rank: int, world: int, folder: str) -> str:
+    """transformers' own expert parallelism (``DistributedConfig(fsdp_size=W, ep_size=W)``) and
+    moekit's (``patch`` + ``apply_expert_parallel``) on the same saved tiny Qwen3-MoE: each
+    rank's logits and loss are the same, and so are the experts' gradients gathered over the
+    ranks (both equal one process's on the whole batch)."""
+    try:
+        from transformers import AutoModelForCausalLM
+        from transformers.distributed import DistributedConfig
+
+        import moekit.integrations.transformers as mt
+        from moekit.parallel import apply_expert_parallel
+
+        ids = torch.randint(3, 90, (2 * world, 9), generator=torch.Generator().manual_seed(1))
+        mine = ids[2 * rank:2 * (rank + 1)]
+        config = DistributedConfig(fsdp_size=world, ep_size=world)
+        theirs = AutoModelForCausalLM.from_pretrained(folder, distributed_config=config,
+                                                      dtype=torch.float32)
+        ours = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        report = mt.patch(ours)
+        assert report.patched and not report.unsupported, report
+        plan = apply_expert_parallel(ours)
+        out_theirs = theirs(mine, labels=mine)
+        out_ours = ours(mine, labels=mine)
+        logits = out_theirs.logits
+        logits = logits.full_tensor() if hasattr(logits, "full_tensor") else logits
+        torch.testing.assert_close(out_ours.logits, logits, rtol=1e-5, atol=1e-6)
+        out_theirs.loss.backward()
+        out_ours.loss.backward()
+        grads_theirs = {n: p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
+                        for n, p in theirs.named_parameters() if "experts" in n}
+        checked = 0
+        for name, p in ours.named_parameters():
+            if name not in plan.expert_parameters:
+                continue
+            pieces = [torch.empty_like(p.grad) for _ in range(world)]
+            dist.all_gather(pieces, p.grad.contiguous())
+            torch.testing.assert_close(torch.cat(pieces), grads_theirs[name], rtol=1e-4,
+                                       atol=1e-7, msg=name)
+            checked += 1
+        assert checked == len(grads_theirs) > 0, (checked, sorted(grads_theirs))
+        return "ok"
+    except Exception:  # reported to the test, which fails with it
+        return traceback.format_exc()
