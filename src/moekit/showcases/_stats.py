@@ -13,8 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize
 
-__all__ = ["GaussianLinear", "HeteroscedasticLinear", "StratifiedLinear", "gaussian_logpdf",
-           "gbm_gaussian"]
+from moekit.showcases._base import ModelResult
+
+__all__ = ["GaussianLinear", "HeteroscedasticLinear", "Scoreboard", "StratifiedLinear",
+           "gaussian_logpdf", "gbm_gaussian"]
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
 
@@ -183,3 +185,39 @@ def gbm_gaussian(X: np.ndarray, y: np.ndarray, *, seed: int, n_estimators: int =
     model.fit(X, y)
     n_params = int(sum(t.tree_.node_count for t in model.estimators_.ravel()))
     return model, sd, n_params
+
+
+class Scoreboard:
+    """Held-out log-likelihood, RMSE, fit time and parameter count of each model, per replicate.
+
+    ``names`` maps a model's key to its label; :meth:`record` adds one replicate of one model and
+    :meth:`models` turns the board into :class:`~moekit.showcases.ModelResult` records (keys in
+    ``moe_keys`` are the mixtures, every other one a baseline).
+    """
+
+    def __init__(self, names: dict[str, str]) -> None:
+        self.names = dict(names)
+        self.ll: dict[str, list[float]] = {k: [] for k in names}
+        self.rmse: dict[str, list[float]] = {k: [] for k in names}
+        self.secs: dict[str, list[float]] = {k: [] for k in names}
+        self.params: dict[str, int] = {}
+
+    def record(self, key: str, started: float, loglik: np.ndarray, pred: np.ndarray,
+               y_test: np.ndarray, n_params: int) -> None:
+        """One replicate of model ``key``: ``started`` is its ``time.perf_counter()`` at the
+        start of the fit; ``loglik`` per held-out row, ``pred`` its point predictions."""
+        import time
+
+        self.secs[key].append(time.perf_counter() - started)
+        self.ll[key].append(float(np.mean(loglik)))
+        self.rmse[key].append(float(np.sqrt(np.mean((pred - y_test) ** 2))))
+        self.params[key] = n_params
+
+    def models(self, moe_keys: set[str],
+               details: dict[str, dict[str, object]] | None = None) -> tuple[ModelResult, ...]:
+        return tuple(ModelResult(
+            name=label, kind="moe" if key in moe_keys else "baseline",
+            values=tuple(self.ll[key]), other={"rmse": tuple(self.rmse[key])},
+            parameters_total=self.params[key], parameters_active=self.params[key],
+            train_time_s=float(np.mean(self.secs[key])), details=(details or {}).get(key, {}))
+            for key, label in self.names.items())

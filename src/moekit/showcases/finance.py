@@ -49,7 +49,7 @@ from moekit.data.finance import (
     market_features,
     rolling_origin_splits,
 )
-from moekit.showcases._base import Evaluation, Metric, ModelResult, ShowcaseResult
+from moekit.showcases._base import Evaluation, Metric, ShowcaseResult
 
 LOGLIK = Metric(name="heldout_loglik_per_obs", direction="higher",
                 description="held-out log-likelihood per day (nats, returns in %)")
@@ -124,7 +124,7 @@ def evaluate_series(feats: MarketFeatures, splits: list[tuple[np.ndarray, np.nda
                     settings: _Settings, labels: list[str]) -> tuple[Evaluation, dict[str, Any]]:
     """Score every model on the same time-ordered splits; keep replicate 0's mixture."""
     from moekit.estimators import MixtureOfExpertsRegressor, select_n_experts
-    from moekit.showcases._stats import GaussianLinear, HeteroscedasticLinear
+    from moekit.showcases._stats import GaussianLinear, HeteroscedasticLinear, Scoreboard
 
     names = {"linear": "linear regression (Gaussian)",
              "hetero": "heteroscedastic linear (log sd linear)",
@@ -132,10 +132,7 @@ def evaluate_series(feats: MarketFeatures, splits: list[tuple[np.ndarray, np.nda
              "garch_t": "GARCH(1,1), Student-t (arch)",
              "markov": "Markov switching, 2 regimes (statsmodels)",
              "moe": f"MoE, K by BIC (1-{settings.max_experts})"}
-    ll: dict[str, list[float]] = {k: [] for k in names}
-    rmse: dict[str, list[float]] = {k: [] for k in names}
-    secs: dict[str, list[float]] = {k: [] for k in names}
-    params: dict[str, int] = {}
+    board = Scoreboard(names)
     chosen: list[int] = []
     first: dict[str, Any] = {}
     y = feats.y
@@ -146,10 +143,7 @@ def evaluate_series(feats: MarketFeatures, splits: list[tuple[np.ndarray, np.nda
 
         def record(key: str, started: float, loglik: np.ndarray, pred: np.ndarray,
                    n_params: int, te: np.ndarray = te) -> None:
-            secs[key].append(time.perf_counter() - started)
-            ll[key].append(float(np.mean(loglik)))
-            rmse[key].append(float(np.sqrt(np.mean((pred - y[te]) ** 2))))
-            params[key] = n_params
+            board.record(key, started, loglik, pred, y[te], n_params)
 
         t0 = time.perf_counter()
         lin = GaussianLinear().fit(Z[tr], y[tr])
@@ -179,15 +173,10 @@ def evaluate_series(feats: MarketFeatures, splits: list[tuple[np.ndarray, np.nda
                int(best.n_parameters_))
         if r == 0:
             first = {"Z": Z, "train": tr, "test": te, "selection": sel}
-    models = [ModelResult(name=label, kind="moe" if key == "moe" else "baseline",
-                          values=tuple(ll[key]), other={"rmse": tuple(rmse[key])},
-                          parameters_total=params[key], parameters_active=params[key],
-                          train_time_s=float(np.mean(secs[key])),
-                          details={"n_experts_by_bic": chosen} if key == "moe" else {})
-              for key, label in names.items()]
+    models = board.models({"moe"}, {"moe": {"n_experts_by_bic": chosen}})
     first_day, last_day = feats.dates[splits[0][0][0]], feats.dates[splits[-1][1][-1]]
     ev = Evaluation(dataset=f"{feats.name}, daily {str(first_day)[:4]}-{str(last_day)[:4]}",
-                    metric=LOGLIK, replicates=tuple(labels), models=tuple(models),
+                    metric=LOGLIK, replicates=tuple(labels), models=models,
                     other_metrics={"rmse": RMSE})
     first["chosen"] = chosen
     return ev, first

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from moekit.data.health import HealthTable, load_cardiac_stays, load_physician_visits
-from moekit.showcases._base import Evaluation, Metric, ModelResult, ShowcaseResult
+from moekit.showcases._base import Evaluation, Metric, ShowcaseResult
 
 LOGLIK = Metric(name="heldout_loglik_per_obs", direction="higher",
                 description="held-out log-likelihood per patient (nats)")
@@ -102,6 +102,7 @@ def evaluate_table(table: HealthTable, settings: _Settings, *, group_drop: tuple
     from moekit.showcases._stats import (
         GaussianLinear,
         HeteroscedasticLinear,
+        Scoreboard,
         StratifiedLinear,
         gaussian_logpdf,
         gbm_gaussian,
@@ -112,10 +113,7 @@ def evaluate_table(table: HealthTable, settings: _Settings, *, group_drop: tuple
              "gbm": "gradient boosting (+ Gaussian)",
              "strat": f"stratified by {table.group_description} (told the groups)",
              "moe2": "MoE, 2 experts", "moebic": f"MoE, K by BIC (1-{settings.max_experts})"}
-    ll: dict[str, list[float]] = {k: [] for k in names}
-    rmse: dict[str, list[float]] = {k: [] for k in names}
-    secs: dict[str, list[float]] = {k: [] for k in names}
-    params: dict[str, int] = {}
+    board = Scoreboard(names)
     chosen_k: list[int] = []
     first: dict[str, Any] = {}
     y, g = table.y, table.groups
@@ -125,10 +123,7 @@ def evaluate_table(table: HealthTable, settings: _Settings, *, group_drop: tuple
 
         def record(key: str, started: float, loglik: np.ndarray, pred: np.ndarray,
                    n_params: int, te: np.ndarray = te) -> None:
-            secs[key].append(time.perf_counter() - started)
-            ll[key].append(float(np.mean(loglik)))
-            rmse[key].append(float(np.sqrt(np.mean((pred - y[te]) ** 2))))
-            params[key] = n_params
+            board.record(key, started, loglik, pred, y[te], n_params)
 
         t0 = time.perf_counter()
         lin = GaussianLinear().fit(Z[tr], y[tr])
@@ -161,21 +156,12 @@ def evaluate_table(table: HealthTable, settings: _Settings, *, group_drop: tuple
                int(best.n_parameters_))
         if r == 0:
             first = {"split": sp, "linear": lin, "strat": strat, "moe2": moe2, "bic": sel}
-    models = []
-    for key, label in names.items():
-        details: dict[str, Any] = {}
-        if key == "moebic":
-            details["n_experts_by_bic"] = chosen_k
-        models.append(ModelResult(
-            name=label, kind="moe" if key.startswith("moe") else "baseline",
-            values=tuple(ll[key]), other={"rmse": tuple(rmse[key])},
-            parameters_total=params[key], parameters_active=params[key],
-            train_time_s=float(np.mean(secs[key])), details=details))
+    models = board.models({"moe2", "moebic"}, {"moebic": {"n_experts_by_bic": chosen_k}})
     ev = Evaluation(dataset=table.name, metric=LOGLIK,
                     replicates=tuple(f"random {round(100 * (1 - settings.test_fraction))}/"
                                      f"{round(100 * settings.test_fraction)} split, seed {r}"
                                      for r in range(settings.replicates)),
-                    models=tuple(models), other_metrics={"rmse": RMSE})
+                    models=models, other_metrics={"rmse": RMSE})
     first["chosen_k"] = chosen_k
     return ev, first
 
