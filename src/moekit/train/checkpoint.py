@@ -282,6 +282,19 @@ def save_checkpoint(
     return final
 
 
+def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """``path`` itself when it is a checkpoint folder, else the latest checkpoint of the
+    checkpoints root ``path``; a FileNotFoundError that says what was expected otherwise."""
+    path = Path(path)
+    if (path / STATE_FILE).is_file():
+        return path
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise FileNotFoundError(f"no checkpoint at {path}: expected a folder with {STATE_FILE} "
+                                f"or a checkpoints folder with a '{LATEST_FILE}' file")
+    return latest
+
+
 def load_checkpoint(
     path: str | os.PathLike[str],
     *,
@@ -296,13 +309,7 @@ def load_checkpoint(
     ``path`` may also be a checkpoints root, in which case its latest checkpoint is loaded.
     With ``restore_rng`` the global RNGs continue exactly where the saved run was.
     """
-    path = Path(path)
-    if not (path / STATE_FILE).is_file():
-        latest = latest_checkpoint(path)
-        if latest is None:
-            raise FileNotFoundError(f"no checkpoint at {path}: expected a folder with {STATE_FILE} "
-                                    f"or a checkpoints folder with a '{LATEST_FILE}' file")
-        path = latest
+    path = resolve_checkpoint(path)
     with open(path / STATE_FILE, encoding="utf-8") as f:
         state = json.load(f)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -351,13 +358,7 @@ def read_checkpoint(path: str | os.PathLike[str], *,
 
     For code that loads the tensors its own way (expert parallelism slices them per rank).
     """
-    path = Path(path)
-    if not (path / STATE_FILE).is_file():
-        latest = latest_checkpoint(path)
-        if latest is None:
-            raise FileNotFoundError(f"no checkpoint at {path}: expected a folder with {STATE_FILE} "
-                                    f"or a checkpoints folder with a '{LATEST_FILE}' file")
-        path = latest
+    path = resolve_checkpoint(path)
     with open(path / STATE_FILE, encoding="utf-8") as f:
         state = json.load(f)
     model = safetensors.torch.load_file(str(path / MODEL_FILE), device=str(device))
