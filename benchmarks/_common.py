@@ -34,12 +34,13 @@ def synchronize(device: torch.device) -> None:
 
 
 def time_ms(fn: Callable[[], object], device: torch.device, *, repeats: int, warmup: int,
-            setup: Callable[[], None] | None = None) -> float:
-    """Median wall time of ``fn()`` in milliseconds; ``setup()`` runs untimed before each call.
+            setup: Callable[[], object] | None = None, clock: str = "wall") -> float:
+    """Median time of ``fn()`` in milliseconds; ``setup()`` runs untimed before each call.
 
-    CUDA: CUDA events after a synchronize; CPU: ``perf_counter``. (No contention guard: see
-    :func:`interleave` for that.)
+    CUDA: CUDA events after a synchronize; CPU: ``perf_counter`` (``clock="wall"``) or this
+    process's CPU time (``clock="process"``). (No contention guard: see :func:`interleave`.)
     """
+    tick = time.process_time if clock == "process" else time.perf_counter
     for _ in range(warmup):
         if setup is not None:
             setup()
@@ -57,9 +58,9 @@ def time_ms(fn: Callable[[], object], device: torch.device, *, repeats: int, war
             end.synchronize()
             times.append(start.elapsed_time(end))
         else:
-            t0 = time.perf_counter()
+            t0 = tick()
             fn()
-            times.append((time.perf_counter() - t0) * 1e3)
+            times.append((tick() - t0) * 1e3)
     return statistics.median(times)
 
 

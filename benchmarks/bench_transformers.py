@@ -32,15 +32,15 @@ import argparse
 import gc
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from _common import time_ms
 
 warnings.filterwarnings("ignore")
 
@@ -112,28 +112,6 @@ def prepare(model: Any, row: str) -> None:
             raise RuntimeError(f"patch did not replace every block: {report}")
     else:
         model.set_experts_implementation(row.removeprefix("hf ") if row.startswith("hf ") else "moekit")
-
-
-def clock_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int,
-             clock: str) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            tick = time.process_time if clock == "process" else time.perf_counter
-            t0 = tick()
-            fn()
-            times.append((tick() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def workload(model: Any, ids: torch.Tensor) -> tuple[Callable[[], object], Callable[[], object]]:
@@ -230,8 +208,9 @@ def run_family(family: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         if ref_logits is None:
             ref_logits = logits.float()
         delta = float((logits.float() - ref_logits).abs().max())
-        t_fwd = clock_ms(fwd, device, args.repeats, args.warmup, args.clock)
-        t_bwd = clock_ms(fwd_bwd, device, args.repeats, args.warmup, args.clock)
+        t_fwd = time_ms(fwd, device, repeats=args.repeats, warmup=args.warmup, clock=args.clock)
+        t_bwd = time_ms(fwd_bwd, device, repeats=args.repeats, warmup=args.warmup,
+                        clock=args.clock)
         del model
         gc.collect()
         results.append({"family": family, "row": row, "tokens": tokens, "fwd_ms": t_fwd,

@@ -35,13 +35,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
+from _common import time_ms
 from moekit._files import atomic_open
 
 SHAPES: dict[str, tuple[int, int, int, int, int]] = {  # T, D, F, E, K (the issue's H200 shapes)
@@ -60,21 +60,7 @@ def _fail(msg: str) -> None:
 def cuda_time_ms(fn: Callable[[], object], *, repeats: int, warmup: int,
                  setup: Callable[[], object] | None = None) -> float:
     """Median milliseconds of ``fn()`` between two CUDA events; ``setup()`` runs outside them."""
-    for _ in range(warmup):
-        if setup:
-            setup()
-        fn()
-    times = []
-    for _ in range(repeats):
-        if setup:
-            setup()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return time_ms(fn, torch.device("cuda"), repeats=repeats, warmup=warmup, setup=setup)
 
 
 def peak_mib(fn: Callable[[], object]) -> float:
