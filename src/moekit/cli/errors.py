@@ -1,14 +1,27 @@
 """The one exception type a subcommand raises for a mistake the user can fix, and small helpers
-for the mistakes every file-writing command meets (a missing folder, a closed pipe)."""
+for the mistakes every command meets (a missing folder, a closed pipe, a count that is not a
+positive integer)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
 
 class CLIError(Exception):
     """A user-facing error: printed as ``moekit: error: <message>`` with exit status 2, no traceback."""
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for counts: an int >= 1, else argparse's own usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def check_output_path(path: str, example: str) -> None:

@@ -31,7 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 from moekit.cli._csv_options import add_csv_arguments, csv_options
 from moekit.cli._fit_checks import check_options, check_target, feature_warnings, product
-from moekit.cli.errors import CLIError, check_output_path, silence_stdout, write_error
+from moekit.cli.errors import (
+    CLIError,
+    check_output_path,
+    positive_int,
+    silence_stdout,
+    write_error,
+)
 
 if TYPE_CHECKING:
     from moekit.data.csv_table import Table
@@ -51,21 +57,11 @@ SE_AUTO_MAX_WORK = 2e6
 
 
 # ----------------------------------------------------------------------------- argument types
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def _experts(text: str) -> int | str:
     if text.strip().lower() == "auto":
         return "auto"
     try:
-        return _positive_int(text)
+        return positive_int(text)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(
             f"expected a positive integer or 'auto', got {text!r}"
@@ -104,7 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="number of experts, or 'auto' to choose it by an information "
                              "criterion (see --max-experts, --criterion); required unless "
                              "--hierarchical gives the tree")
-    parser.add_argument("--max-experts", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--max-experts", type=positive_int, default=None, metavar="N",
                         help=f"with --experts auto: try 1..N experts (default: "
                              f"{DEFAULT_MAX_EXPERTS})")
     parser.add_argument("--criterion", choices=CRITERIA, default=None,
@@ -129,10 +125,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--expert-alpha", type=_nonnegative_float, default=None,
                         metavar="A", help="ridge penalty on the experts' coefficients "
                                           "(default: the estimator's)")
-    parser.add_argument("--n-init", type=_positive_int, default=3, metavar="N",
+    parser.add_argument("--n-init", type=positive_int, default=3, metavar="N",
                         help="number of EM restarts, each from its own start; the best "
                              "log-likelihood is kept (default: 3)")
-    parser.add_argument("--max-iter", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--max-iter", type=positive_int, default=None, metavar="N",
                         help="most EM iterations per restart (default: the estimator's)")
     parser.add_argument("--tol", type=_nonnegative_float, default=None,
                         metavar="T", help="stop a restart when an EM iteration changes the "

@@ -19,21 +19,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from moekit.cli.errors import CLIError
+from moekit.cli.errors import CLIError, positive_int
 
 HELP = "run a showcase on real data (health, finance, ...) or list them"
 
 NAMES = ("list", "language", "speech", "vision", "health", "finance")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one of: " + ", ".join(NAMES[1:]) + "; or 'list' to list them")
     parser.add_argument("--quick", action="store_true",
                         help="tiny slices of the real data: a smoke run in under a minute")
-    parser.add_argument("--seeds", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--seeds", type=positive_int, default=None, metavar="N",
                         help="replicates (seeds or splits) per model (default: the showcase's, "
                              "at least 3; 2 with --quick)")
     parser.add_argument("--output", "-o", default=None, metavar="DIR",
